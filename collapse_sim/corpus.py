@@ -1,0 +1,136 @@
+"""Fixed-capacity per-cell token buffers and the corpus policies of DESIGN §4.
+
+One cell at a time (the engine vmaps). A policy turns the corpus state into
+the counts of the training set T_g, and admits the new sample S_g. Every
+buffer has a fixed capacity and a valid length; nothing past the valid length
+is ever read (rows there carry weight 0 or are masked out of selection).
+
+Memory per cell (L = seq_len, k = generate.sequences, N0 = real.sequences,
+G = generations, C x V the n-gram table):
+
+| policy                 | token buffers                  | other          |
+|------------------------|--------------------------------|----------------|
+| replace                | k x L                          |                |
+| accumulate             | none (counts are sufficient)   | C x V counts   |
+| accumulate_subsample   | (N0 + (G + 1) k) x L           |                |
+| mix                    | (N0 + k) x L                   |                |
+| fresh                  | k x L                          |                |
+
+Only accumulate_subsample grows with the number of generations.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kernels import ngram
+
+SELECT, FRESH = 1, 2  # key purposes under a generation's key (0 is sampling)
+
+
+class CorpusState(NamedTuple):
+    real: jax.Array  # [N0 or 0, L] the real set R, kept where the policy rereads it
+    synth: jax.Array  # [capacity, L] generated sequences
+    n_synth: jax.Array  # int32: valid rows of synth (accumulate: sequences admitted so far)
+    counts: jax.Array  # [C, V] int32: accumulate's running counts of C_g ([0, V] otherwise)
+
+
+def token_dtype(vocab_size: int):
+    """Smallest unsigned integer dtype that holds every token id."""
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if vocab_size - 1 <= np.iinfo(dt).max:
+            return dt
+    raise ValueError(vocab_size)  # pragma: no cover
+
+
+def capacity(policy: str, gen_capacity: int, generations: int) -> int:
+    """Rows of the synth buffer a policy needs for a whole run."""
+    if policy == "accumulate":
+        return 0
+    if policy == "accumulate_subsample":
+        return (generations + 1) * gen_capacity
+    return gen_capacity
+
+
+def keeps_real(policy: str) -> bool:
+    return policy in ("accumulate_subsample", "mix")
+
+
+def init_state(policy, real_NxL, order, vocab_size, cap, dtype):
+    """Corpus state after R is drawn (before S_0 is admitted)."""
+    N0, L = real_NxL.shape
+    counts = jnp.zeros((0, vocab_size), jnp.int32)
+    if policy == "accumulate":
+        counts = ngram.fit_counts(real_NxL, jnp.ones(N0, jnp.int32), order, vocab_size)
+    real = real_NxL.astype(dtype) if keeps_real(policy) else jnp.zeros((0, L), dtype)
+    return CorpusState(real, jnp.zeros((cap, L), dtype), jnp.int32(0), counts)
+
+
+def _top_rows(key, n_valid, size, take):
+    """`take` distinct row indices drawn uniformly without replacement from
+    [0, n_valid) among `size` slots, in random order (valid slots first).
+    Slot j's random score depends only on (key, j)."""
+    score = (jax.random.bits(key, (size,), jnp.uint32) >> 1).astype(jnp.int32)
+    score = jnp.where(jnp.arange(size) < n_valid, score, -1)
+    return jax.lax.top_k(score, take)[1]
+
+
+def training_counts(policy, state, key, real_count, train_sequences, real_sequences, order, vocab_size, fresh_fn):
+    """Counts of T_g for g >= 1, and (real tokens, total tokens) of T_g.
+
+    real_count: int32 r = round(rho * m) (mix / fresh).
+    fresh_fn: key, n -> n fresh real sequences (fresh only).
+    """
+    N0, L = real_sequences, state.synth.shape[1]
+    cap = state.synth.shape[0]
+    m = train_sequences
+    select_key = jax.random.fold_in(key, SELECT)
+    if policy == "replace":
+        w = (jnp.arange(cap) < state.n_synth).astype(jnp.int32)
+        counts = ngram.fit_counts(state.synth, w, order, vocab_size)
+        return counts, jnp.int32(0), state.n_synth * L
+    if policy == "accumulate":
+        return state.counts, jnp.int32(N0 * L), (N0 + state.n_synth) * L
+    if policy == "accumulate_subsample":
+        idx = _top_rows(select_key, N0 + state.n_synth, N0 + cap, m)
+        from_real = idx < N0
+        rows = jnp.where(
+            from_real[:, None],
+            state.real[jnp.clip(idx, 0, N0 - 1)],
+            state.synth[jnp.clip(idx - N0, 0, cap - 1)],
+        )
+        counts = ngram.fit_counts(rows, jnp.ones(m, jnp.int32), order, vocab_size)
+        return counts, jnp.sum(from_real).astype(jnp.int32) * L, jnp.int32(m * L)
+    # mix / fresh: r real sequences and m - r generated ones
+    take_s = min(m, cap)
+    s_idx = _top_rows(select_key, state.n_synth, cap, take_s)
+    s_rows = state.synth[s_idx]
+    s_w = (jnp.arange(take_s) < m - real_count).astype(jnp.int32)
+    if policy == "mix":
+        take_r = min(m, N0)
+        r_idx = _top_rows(jax.random.fold_in(select_key, 1), N0, N0, take_r)
+        r_rows = state.real[r_idx]
+    else:
+        take_r = m
+        r_rows = fresh_fn(jax.random.fold_in(key, FRESH), m).astype(state.synth.dtype)
+    r_w = (jnp.arange(take_r) < real_count).astype(jnp.int32)
+    rows = jnp.concatenate([r_rows.astype(state.synth.dtype), s_rows])
+    counts = ngram.fit_counts(rows, jnp.concatenate([r_w, s_w]), order, vocab_size)
+    return counts, real_count * L, jnp.int32(m * L)
+
+
+def admit(policy, state, sample_kxL, k, order, vocab_size):
+    """The corpus after S_g (its first k rows valid) is admitted."""
+    sample = sample_kxL.astype(state.synth.dtype)
+    if policy == "accumulate":
+        w = (jnp.arange(sample.shape[0]) < k).astype(jnp.int32)
+        counts = state.counts + ngram.fit_counts(sample, w, order, vocab_size)
+        return state._replace(counts=counts, n_synth=state.n_synth + k)
+    if policy == "accumulate_subsample":
+        synth = jax.lax.dynamic_update_slice(state.synth, sample, (state.n_synth, 0))
+        return state._replace(synth=synth, n_synth=state.n_synth + k)
+    return state._replace(synth=sample, n_synth=jnp.asarray(k, jnp.int32))

@@ -1,0 +1,245 @@
+"""The outer loop: sweep grid x replicates -> cells -> groups -> chunks -> generations.
+
+`make_plan` resolves a config into groups of cells that share static shapes
+(each compiled once) and checks that a cell fits in memory; `run_plan` drives
+every chunk of every group through its generations, handing metric rows to a
+writer and reporting progress.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from collapse_sim import config as cfgmod
+from collapse_sim.config import Config, ConfigError, SweepPoint
+from collapse_sim.engine import CellParams, GroupRunner, GroupSpec, make_world
+from collapse_sim.sources import Source, build_source
+from kernels import sampling
+
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: int
+    replicate: int
+    point: SweepPoint
+
+
+@dataclass
+class Group:
+    spec: GroupSpec
+    source: Source
+    heldout: np.ndarray  # int32 [H, L]
+    cells: list[Cell]
+    chunk_size: int  # cells per compiled batch (a multiple of the device count)
+
+
+@dataclass
+class Plan:
+    config: Config
+    points: list[SweepPoint]
+    groups: list[Group]
+    n_devices: int
+
+    @property
+    def n_cells(self) -> int:
+        return sum(len(g.cells) for g in self.groups)
+
+    @property
+    def sweep_keys(self) -> list[str]:
+        return [k for k, _ in self.config.sweep]
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def memory_budget(device=None) -> int:
+    """Bytes the engine lets itself use on one device."""
+    device = device or jax.local_devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"] * 0.6)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # pragma: no cover - non-POSIX
+        total = 8 << 30
+    n_local = max(1, len(jax.local_devices()))
+    return int(total * 0.5 / n_local)
+
+
+def cell_bytes(spec: GroupSpec) -> int:
+    """A generous estimate of the device memory one cell needs during a step."""
+    C, V, L = spec.contexts, spec.vocab_size, spec.seq_len
+    W = sampling.cdf_width(V)
+    item = np.dtype(spec.dtype).itemsize
+    table = 4 * (8 * C * V + 2 * C * W)
+    real_rows = spec.real_sequences if spec.policy in ("accumulate_subsample", "mix") else 0
+    buffers = item * L * (real_rows + spec.capacity) * 2  # the state, and its successor
+    rows = spec.real_sequences + spec.gen_capacity + spec.train_sequences
+    work = 4 * L * rows * 4 + 4 * (spec.real_sequences + spec.capacity) * 3
+    distinct = 4 * V * V if V * V <= (1 << 22) else 8 * spec.gen_capacity * L
+    return table + buffers + work + distinct
+
+
+def _check_limits(where: str, spec: GroupSpec, cfg: Config) -> None:
+    V, n = spec.vocab_size, spec.order
+    if (V + 1) ** n > INT32_MAX:
+        raise ConfigError(where, "model.order", f"an order-{n} model over {V} tokens has too many contexts to index ((V+1)**order > 2**31)")
+    if spec.policy in ("accumulate", "accumulate_subsample"):
+        tokens = (spec.real_sequences + (spec.generations + 1) * spec.gen_capacity) * spec.seq_len
+        if tokens > INT32_MAX:
+            raise ConfigError(where, "generations", f"{spec.policy} would hold {tokens} tokens per cell after {spec.generations} generations; the limit is 2**31 - 1")
+
+
+def _spec(point: SweepPoint, source: Source, gen_capacity: int) -> GroupSpec:
+    c = point.config
+    return GroupSpec(
+        policy=c.corpus.policy,
+        order=c.model.order,
+        vocab_size=source.vocab_size,
+        real_sequences=c.real.sequences,
+        seq_len=c.real.seq_len,
+        gen_capacity=gen_capacity,
+        train_sequences=c.corpus.train_sequences,
+        generations=c.generations,
+        has_truth=source.has_truth,
+    )
+
+
+def make_plan(cfg: Config, where: str, devices=None) -> Plan:
+    """Resolve a config into groups of cells; ConfigError if something cannot run."""
+    devices = list(devices if devices is not None else jax.local_devices())
+    points = cfgmod.sweep_points(cfg)
+    sources: dict = {}
+    by_key: dict = {}
+    for point in points:
+        c = point.config
+        skey = (c.source, c.real.seq_len)
+        if skey not in sources:
+            sources[skey] = build_source(c.source, c.real.seq_len, where)
+        source = sources[skey]
+        spec = _spec(point, source, 0)
+        gkey = (spec, source.digest, c.real.heldout)
+        by_key.setdefault(gkey, (source, []))[1].append(point)
+    groups = []
+    budget = memory_budget(devices[0])
+    for (spec0, _, heldout_n), (source, pts) in by_key.items():
+        spec = _spec(pts[0], source, max(p.config.generate.sequences for p in pts))
+        _check_limits(where, spec, pts[0].config)
+        per_cell = cell_bytes(spec)
+        if per_cell > budget:
+            raise ConfigError(
+                where,
+                "model.order",
+                f"one cell needs about {format_bytes(per_cell)} (an order-{spec.order} table over "
+                f"{spec.vocab_size} tokens has {spec.contexts * spec.vocab_size:,} entries), more than "
+                f"the {format_bytes(budget)} a device can give",
+            )
+        cells = [Cell(p.index * cfg.replicates + r, r, p) for p in pts for r in range(cfg.replicates)]
+        nd = len(devices)
+        chunk = min(budget // per_cell, -(-len(cells) // nd) * nd)
+        chunk = max(nd, chunk // nd * nd)
+        heldout_key = _heldout_key(source, spec.seq_len, heldout_n)
+        heldout = source.heldout(heldout_key, heldout_n, spec.seq_len)
+        groups.append(Group(spec, source, heldout, cells, chunk))
+    return Plan(cfg, points, groups, len(devices))
+
+
+def _heldout_key(source: Source, seq_len: int, n: int):
+    h0, h1 = cfgmod.stable_hash({"purpose": "heldout", "source": source.digest, "seq_len": seq_len, "n": n})
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(0), h0), h1)
+
+
+@jax.jit
+def _derive_keys(seed_C, h0_C, h1_C, rep_C):
+    def one(seed, h0, h1, r):
+        k = jax.random.key(seed)
+        k = jax.random.fold_in(jax.random.fold_in(k, h0), h1)
+        return jax.random.key_data(jax.random.fold_in(k, r))
+
+    return jax.vmap(one)(seed_C, h0_C, h1_C, rep_C)
+
+
+def cell_params(cells: list[Cell], source: Source) -> CellParams:
+    """Host-side per-cell traced values and keys for a list of cells."""
+    traj, real, seeds = [], [], []
+    for cell in cells:
+        c = cell.point.config
+        traj.append(cfgmod.stable_hash(cfgmod.trajectory_dict(c, source.digest)))
+        real.append(cfgmod.stable_hash({"purpose": "real", "source": source.digest, "sequences": c.real.sequences, "seq_len": c.real.seq_len}))
+        seeds.append(c.seed)
+    u32 = lambda xs: jnp.asarray(np.asarray(xs, np.uint32))  # noqa: E731
+    reps = u32([cell.replicate for cell in cells])
+    t, r = np.asarray(traj, np.uint32), np.asarray(real, np.uint32)
+    seeds = u32(seeds)
+    configs = [cell.point.config for cell in cells]
+    return CellParams(
+        trajectory_key=_derive_keys(seeds, u32(t[:, 0]), u32(t[:, 1]), reps),
+        real_key=_derive_keys(seeds, u32(r[:, 0]), u32(r[:, 1]), reps),
+        smoothing=jnp.asarray([c.model.smoothing for c in configs], jnp.float32),
+        k=jnp.asarray([c.generate.sequences for c in configs], jnp.int32),
+        temperature=jnp.asarray([c.generate.temperature for c in configs], jnp.float32),
+        top_k=jnp.asarray([c.generate.top_k for c in configs], jnp.int32),
+        top_p=jnp.asarray([c.generate.top_p for c in configs], jnp.float32),
+        real_count=jnp.asarray(
+            [cfgmod.real_count(c.corpus.real_fraction, c.corpus.train_sequences) for c in configs], jnp.int32
+        ),
+    )
+
+
+def metric_rows(spec: GroupSpec, cells: list[Cell], generation: int, out: dict, sweep_keys: list[str]) -> dict:
+    """Columns of one generation's rows for the real cells of a chunk."""
+    n = len(cells)
+    cols: dict = {
+        "cell": np.array([c.index for c in cells], np.int64),
+        "replicate": np.array([c.replicate for c in cells], np.int64),
+        "generation": np.full(n, generation, np.int64),
+    }
+    for key in sweep_keys:
+        cols[key] = [dict(c.point.values)[key] for c in cells]
+    host = {k: np.asarray(v)[:n] for k, v in out.items()}
+    for name in spec.metric_names():
+        if name in ("real_tokens", "train_tokens"):
+            continue
+        cols[name] = host[name].astype(np.float64 if name != "support" else np.int64)
+    cols["real_fraction"] = host["real_tokens"].astype(np.float64) / host["train_tokens"].astype(np.float64)
+    return cols
+
+
+def run_plan(plan: Plan, emit: Callable[[dict], None], advance: Callable[[int], None] = lambda n: None, devices=None) -> None:
+    """Run every cell of the plan through generations 0..G.
+
+    emit(columns) receives each chunk's rows of each generation; advance(n)
+    is called with the number of cell-generations just dispatched.
+    """
+    for group in plan.groups:
+        spec = group.spec
+        world = make_world(spec, group.source, group.heldout)
+        runner = GroupRunner(spec, group.source, world, devices)
+        for start in range(0, len(group.cells), group.chunk_size):
+            cells = group.cells[start : start + group.chunk_size]
+            padded = cells + [cells[-1]] * (group.chunk_size - len(cells))
+            params = runner.put_params(cell_params(padded, group.source))
+            state, out = runner.init(params)
+            pending = (0, out)
+            for g in range(1, spec.generations + 1):
+                state, out = runner.step(state, g, params)  # dispatched; runs while we write
+                emit(metric_rows(spec, cells, pending[0], pending[1], plan.sweep_keys))
+                advance(len(cells))
+                pending = (g, out)
+            emit(metric_rows(spec, cells, pending[0], pending[1], plan.sweep_keys))
+            advance(len(cells))
+            del state

@@ -1,0 +1,225 @@
+"""The real world: categorical, markov and text sources, with exact truth where it exists.
+
+A source is built once per run on the host (`build_source`) and then sampled
+inside jitted code (`Source.sample`) for the real set R, the held-out set and
+the `fresh` policy's new real data.
+
+Categorical and markov sources are exactly n-gram models: a markov chain of
+order k whose sequences start in the stationary distribution is an order-(k+1)
+n-gram table in the BOS layout of kernels/ngram.py, whose start rows hold the
+stationary conditionals P(x_{j+1} | x_1..x_j). So both are sampled by the same
+kernel as the models, and the truth metrics use the stationary joint of
+(m+1)-grams for a model of context length m.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from collapse_sim.config import ConfigError, SourceConfig
+from kernels import ngram, sampling
+
+BUILTIN_TEXT = "pydoc_topics.txt.gz"
+HELDOUT_SHARE = 0.1  # the last tenth of a text is held out, never trained on
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source, ready to sample. Arrays are numpy; `device_arrays` moves them."""
+
+    kind: str
+    vocab_size: int
+    digest: str  # content identity: same digest, same world
+    table_order: int = 0  # categorical/markov: order of the n-gram table that samples it
+    table_cdf: np.ndarray | None = None  # uint32 [C, W]
+    text_train: np.ndarray | None = None  # int32 [T]: the region R and fresh data come from
+    text_heldout: np.ndarray | None = None  # int32 [H]: the held-out region
+    chars: str | None = None  # text: token id -> character
+    markov_order: int = 0  # k: context length of the true chain (0 = i.i.d.)
+    stationary: np.ndarray | None = None  # float64 [V**k]: stationary k-gram distribution
+    transitions: np.ndarray | None = None  # float64 [V**k, V]: P(next | k-gram)
+
+    @property
+    def has_truth(self) -> bool:
+        return self.kind != "text"
+
+    def device_arrays(self) -> dict:
+        if self.kind == "text":
+            return {"text": jnp.asarray(self.text_train)}
+        return {"cdf": jnp.asarray(self.table_cdf)}
+
+    def sample(self, arrays: dict, key, n: int, seq_len: int):
+        """n sequences of seq_len real tokens, int32 [n, seq_len] (pure, jit-able)."""
+        if self.kind == "text":
+            text = arrays["text"]
+            start_n = jax.random.randint(key, (n,), 0, text.shape[0] - seq_len + 1)
+            return text[start_n[:, None] + jnp.arange(seq_len)]
+        return ngram.sample(key, arrays["cdf"], self.table_order, self.vocab_size, n, seq_len)
+
+    def heldout(self, key, n: int, seq_len: int) -> np.ndarray:
+        """The held-out set: int32 [n, seq_len], never trained on."""
+        if self.kind == "text":
+            text = jnp.asarray(self.text_heldout)
+            start = jax.random.randint(key, (n,), 0, text.shape[0] - seq_len + 1)
+            return np.asarray(text[start[:, None] + jnp.arange(seq_len)])
+        return np.asarray(self.sample(self.device_arrays(), key, n, seq_len))
+
+    def truth(self, context_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stationary weight of each context of length m and P(next | context).
+
+        Returns (weight [V**m] float64 summing to 1, cond [V**m, V] float64),
+        contexts indexed in radix V, oldest token most significant.
+        """
+        joint = stationary_joint(self.stationary, self.transitions, self.markov_order, context_len + 1)
+        V = self.vocab_size
+        joint = joint.reshape(V**context_len, V)
+        weight = joint.sum(axis=1)
+        safe = np.where(weight > 0, weight, 1.0)[:, None]
+        cond = np.where(weight[:, None] > 0, joint / safe, 1.0 / V)
+        return weight, cond
+
+
+# ---------------------------------------------------------------- exact truth
+
+
+def stationary_joint(stationary, transitions, k: int, length: int) -> np.ndarray:
+    """Stationary probability of every `length`-gram, float64 [V**length]."""
+    V = transitions.shape[1]
+    if length <= k:
+        return stationary.reshape(V ** (k - length), V**length).sum(axis=0)
+    joint = stationary
+    for j in range(k, length):
+        last = np.arange(V**j) % (V**k)  # index of the last k tokens
+        joint = (joint[:, None] * transitions[last]).reshape(-1)
+    return joint
+
+
+def markov_stationary(transitions: np.ndarray, k: int) -> np.ndarray:
+    """Stationary distribution of the order-k chain over k-grams (power iteration)."""
+    V = transitions.shape[1]
+    rest = V ** (k - 1)
+    pi = np.full(V**k, 1.0 / V**k)
+    t3 = transitions.reshape(V, rest, V)
+    for _ in range(100_000):
+        new = np.einsum("ar,arv->rv", pi.reshape(V, rest), t3).reshape(-1)
+        new /= new.sum()
+        if np.abs(new - pi).sum() < 1e-15:
+            return new
+        pi = new
+    return pi
+
+
+def bos_table(stationary, transitions, k: int) -> np.ndarray:
+    """The order-(k+1) n-gram table (BOS layout) whose sequences are the chain's.
+
+    Rows for contexts with j < k real tokens hold P(x_{j+1} | x_1..x_j) under
+    stationarity; full rows hold the transitions. float64 [(V+1)**k, V].
+    """
+    V = transitions.shape[1]
+    table = np.full(((V + 1) ** k, V), 1.0 / V)
+    for j in range(k + 1):
+        joint = stationary_joint(stationary, transitions, k, j + 1).reshape(V**j, V)
+        marg = joint.sum(axis=1, keepdims=True)
+        cond = np.where(marg > 0, joint / np.where(marg > 0, marg, 1.0), 1.0 / V)
+        digits = np.indices((V,) * j).reshape(j, -1) if j else np.zeros((0, 1), int)
+        idx = np.zeros(digits.shape[1], np.int64)
+        for t in range(k):  # k - j BOS digits first, then the j tokens
+            d = np.full(digits.shape[1], V) if t < k - j else digits[t - (k - j)]
+            idx = idx * (V + 1) + d
+        table[idx] = cond
+    return table
+
+
+def host_cdf(probs_CxV: np.ndarray) -> np.ndarray:
+    """Integer CDF rows (kernels/sampling.py layout) computed in float64."""
+    C, V = probs_CxV.shape
+    width = sampling.cdf_width(V)
+    cum = np.clip(np.cumsum(probs_CxV, axis=1), 0.0, 1.0)
+    scaled = np.floor(cum * sampling.CDF_TOTAL).astype(np.uint64)
+    last = V - 1 - np.argmax(probs_CxV[:, ::-1] > 0, axis=1)
+    scaled[np.arange(V)[None, :] >= last[:, None]] = sampling.CDF_TOTAL
+    out = np.full((C, width), sampling.CDF_TOTAL, np.uint64)
+    out[:, :V] = scaled
+    return out.astype(np.uint32)
+
+
+# ---------------------------------------------------------------- building
+
+
+def load_text(path: str | None, where: str) -> str:
+    """The text of a text source; the built-in corpus when path is None."""
+    if path is None:
+        ref = resources.files("collapse_sim") / "data" / BUILTIN_TEXT
+        with ref.open("rb") as f:
+            return gzip.decompress(f.read()).decode("utf-8")
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(where, "source.path", f"no such file: {path}") from None
+    except OSError as e:
+        raise ConfigError(where, "source.path", f"cannot read {path}: {e.strerror or e}") from None
+    if not data.strip():
+        raise ConfigError(where, "source.path", f"{path} is empty")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(where, "source.path", f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
+
+
+def build_source(cfg: SourceConfig, seq_len: int, where: str) -> Source:
+    """Build the source a config describes; ConfigError for unusable input."""
+    if cfg.kind == "text":
+        text = load_text(cfg.path, where)
+        chars = "".join(sorted(set(text)))
+        lookup = {c: i for i, c in enumerate(chars)}
+        tokens = np.fromiter((lookup[c] for c in text), np.int32, len(text))
+        split = len(tokens) - max(seq_len, int(len(tokens) * HELDOUT_SHARE))
+        if split < seq_len:
+            raise ConfigError(
+                where,
+                "source.path" if cfg.path else "real.seq_len",
+                f"the text has {len(tokens)} characters; real.seq_len = {seq_len} needs at least "
+                f"{2 * seq_len} (a training part and a held-out part of one sequence each)",
+            )
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return Source("text", len(chars), digest, text_train=tokens[:split], text_heldout=tokens[split:], chars=chars)
+    if cfg.kind == "categorical":
+        if cfg.probs is not None:
+            p = np.asarray(cfg.probs, np.float64)
+        else:
+            p = np.arange(1, cfg.vocab_size + 1, dtype=np.float64) ** -cfg.zipf
+        p = p / p.sum()
+        stationary, transitions, k = np.ones(1), p[None, :], 0
+    else:
+        k, V = cfg.order, cfg.vocab_size
+        rng = np.random.default_rng(cfg.seed)
+        transitions = rng.dirichlet(np.full(V, cfg.concentration), size=V**k)
+        stationary = markov_stationary(transitions, k)
+    table = bos_table(stationary, transitions, k)
+    digest = hashlib.sha256(table.tobytes()).hexdigest()
+    return Source(
+        cfg.kind,
+        transitions.shape[1],
+        digest,
+        table_order=k + 1,
+        table_cdf=host_cdf(table),
+        markov_order=k,
+        stationary=stationary,
+        transitions=transitions,
+    )
+
+
+def entropy_rate(source: Source) -> float:
+    """The true chain's entropy rate in nats per token (categorical/markov)."""
+    t = source.transitions
+    h = -np.sum(np.where(t > 0, t * np.log(np.where(t > 0, t, 1.0)), 0.0), axis=1)
+    return float(np.sum(source.stationary * h))

@@ -1,0 +1,103 @@
+"""Metrics of one cell's model and sample (DESIGN §6), in nats.
+
+Held-out metrics take the held-out set as counts of (context, token) pairs
+(`hcounts_CxV`, the same for every cell), so their cost is the table's size,
+not the held-out set's.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+
+def heldout_nll(probs_CxV, hcounts_CxV):
+    """Mean -ln M(token | context) over held-out tokens; +inf if any has probability 0."""
+    logp = jnp.log(probs_CxV)
+    contrib = jnp.where(hcounts_CxV > 0, hcounts_CxV * logp, 0.0)
+    return -jnp.sum(contrib) / jnp.sum(hcounts_CxV)
+
+
+def row_entropy(probs_CxV):
+    """Entropy of every row, float32 [C] (0 ln 0 = 0)."""
+    plogp = jnp.where(probs_CxV > 0, probs_CxV * jnp.log(jnp.where(probs_CxV > 0, probs_CxV, 1.0)), 0.0)
+    return -jnp.sum(plogp, axis=-1)
+
+
+def heldout_entropy(probs_CxV, hcounts_CxV):
+    """Mean over held-out positions of the entropy of M's next-token distribution."""
+    ctx_weight_C = jnp.sum(hcounts_CxV, axis=-1)
+    return jnp.sum(ctx_weight_C * row_entropy(probs_CxV)) / jnp.sum(ctx_weight_C)
+
+
+def truth_divergences(model_FxV, true_FxV, weight_F):
+    """KL(P || M), total variation and squared L2, averaged over contexts.
+
+    model_FxV, true_FxV: next-token distributions of the F full-length contexts.
+    weight_F: the true stationary probability of each context (sums to 1).
+    Returns (kl, tv, sq) scalars; kl is +inf where M gives 0 to a token P does
+    not, never NaN (zero-weight contexts contribute nothing).
+    """
+    pos = true_FxV > 0
+    ratio = jnp.where(pos, true_FxV, 1.0) / jnp.where(pos, model_FxV, 1.0)
+    kl_terms = jnp.where(pos, true_FxV * jnp.log(ratio), 0.0)
+    kl_terms = jnp.where(pos & (model_FxV <= 0), jnp.inf, kl_terms)
+    diff = true_FxV - model_FxV
+
+    def average(row_F):
+        return jnp.sum(jnp.where(weight_F > 0, weight_F * row_F, 0.0))
+
+    kl = average(jnp.sum(kl_terms, axis=-1))
+    tv = average(0.5 * jnp.sum(jnp.abs(diff), axis=-1))
+    sq = average(jnp.sum(diff * diff, axis=-1))
+    return kl, tv, sq
+
+
+def support(counts_CxV, probs_CxV):
+    """(context, token) pairs of positive probability, over contexts seen in training."""
+    seen_C = jnp.sum(counts_CxV, axis=-1) > 0
+    return jnp.sum((probs_CxV > 0) & seen_C[:, None])
+
+
+def distinct_2(tokens_NxL, n_valid, vocab_size):
+    """Distinct within-sequence bigrams over all bigrams of the first n_valid rows.
+
+    Uses a V*V bitmap when it is small, else a sort of the bigram codes.
+    """
+    N, L = tokens_NxL.shape
+    t = tokens_NxL.astype(jnp.int32)
+    codes = (t[:, :-1] * vocab_size + t[:, 1:]).reshape(-1)
+    valid = jnp.broadcast_to((jnp.arange(N) < n_valid)[:, None], (N, L - 1)).reshape(-1)
+    size = vocab_size * vocab_size
+    if size <= (1 << 22):
+        seen = jnp.zeros(size, jnp.int32).at[jnp.where(valid, codes, size)].max(1, mode="drop")
+        distinct = jnp.sum(seen)
+    else:
+        big = jnp.iinfo(jnp.int32).max
+        s = jnp.sort(jnp.where(valid, codes, big))
+        new = jnp.concatenate([jnp.ones(1, bool), s[1:] != s[:-1]]) & (s != big)
+        distinct = jnp.sum(new)
+    return distinct / (n_valid * (L - 1))
+
+
+def unique_sequences(tokens_NxL, n_valid, vocab_size):
+    """Distinct sequences among the first n_valid rows, over n_valid (exact).
+
+    Rows are packed into 32-bit words and sorted lexicographically.
+    """
+    N, L = tokens_NxL.shape
+    bits = max(1, int(vocab_size - 1).bit_length())
+    per_word = max(1, 32 // bits)
+    words = -(-L // per_word)
+    t = jnp.pad(tokens_NxL.astype(jnp.uint32), ((0, 0), (0, words * per_word - L)))
+    t = t.reshape(N, words, per_word)
+    shifts = jnp.arange(per_word, dtype=jnp.uint32) * bits
+    packed = jnp.sum(t << shifts, axis=-1, dtype=jnp.uint32)  # disjoint bit fields: sum == or
+    invalid = (jnp.arange(N) >= n_valid).astype(jnp.uint32)
+    operands = [invalid] + [packed[:, w] for w in range(words)]
+    sorted_ops = lax.sort(operands, num_keys=len(operands))
+    differs = jnp.zeros(N - 1, bool)
+    for op in sorted_ops[1:]:
+        differs = differs | (op[1:] != op[:-1])
+    new = jnp.concatenate([jnp.ones(1, bool), differs]) & (sorted_ops[0] == 0)
+    return jnp.sum(new) / n_valid

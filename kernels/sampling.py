@@ -1,0 +1,96 @@
+"""Temperature / top-k / top-p on a row of probabilities, and exact integer draws.
+
+Shared by every model family. A filtered row is turned into an integer CDF
+(`cdf_row`) whose entries sum to ``CDF_TOTAL = 2**31``; a draw is 31 random
+bits ``r`` and the token is the number of CDF entries ``<= r`` (`search_cdf`).
+A token of probability 0 has zero width in the CDF and can never be drawn, so
+maximum-likelihood collapse (a token lost is lost for good) is exact.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+CDF_BITS = 31
+CDF_TOTAL = 1 << CDF_BITS
+
+
+def filter_probs(probs_V, temperature, top_k, top_p):
+    """Apply temperature, then top-k, then top-p to one row of probabilities.
+
+    probs_V: float32 [V], non-negative, summing to 1.
+    temperature: scalar >= 0; 0 means greedy (the most probable token, lowest
+      index on ties).
+    top_k: int scalar; 0 = off, else keep the k most probable tokens (ties
+      broken by lower index, so exactly min(k, V) tokens stay).
+    top_p: scalar in (0, 1]; 1 = off, else keep the smallest prefix of tokens in
+      descending probability whose mass reaches top_p.
+    Returns float32 [V] summing to 1 (zeros where filtered out).
+    All three may be traced: a new value never recompiles.
+    """
+    V = probs_V.shape[-1]
+    probs_V = probs_V.astype(jnp.float32)
+    logp_V = jnp.log(probs_V)
+    safe_t = jnp.where(temperature > 0, temperature, 1.0).astype(jnp.float32)
+    tempered_V = jnp.exp((logp_V - jnp.max(logp_V)) / safe_t)
+    greedy_V = (jnp.arange(V) == jnp.argmax(probs_V)).astype(jnp.float32)
+    w_V = jnp.where(temperature > 0, tempered_V, greedy_V)
+
+    order_V = jnp.argsort(-w_V, stable=True)
+    rank_V = jnp.zeros(V, jnp.int32).at[order_V].set(jnp.arange(V, dtype=jnp.int32))
+    w_V = jnp.where((top_k <= 0) | (rank_V < top_k), w_V, 0.0)
+
+    p_V = w_V / jnp.sum(w_V)
+    sorted_V = p_V[order_V]
+    before_V = jnp.cumsum(sorted_V) - sorted_V
+    keep_V = (before_V < top_p)[rank_V] | (top_p >= 1.0)
+    w_V = jnp.where(keep_V, w_V, 0.0)
+    return w_V / jnp.sum(w_V)
+
+
+def cdf_row(probs_V, width):
+    """Integer CDF of one probability row, padded to ``width`` (a power of two).
+
+    Returns uint32 [width]: non-decreasing, every entry from the last token of
+    positive probability onwards equals CDF_TOTAL, zero-probability tokens have
+    zero width. Probabilities are resolved to about 2**-24 (float32 cumsum).
+    """
+    V = probs_V.shape[-1]
+    cum_V = jnp.clip(jnp.cumsum(probs_V.astype(jnp.float32)), 0.0, 1.0)
+    last = V - 1 - jnp.argmax(probs_V[::-1] > 0)
+    scaled_V = jnp.floor(cum_V * float(CDF_TOTAL)).astype(jnp.uint32)
+    full_V = jnp.where(jnp.arange(V) >= last, jnp.uint32(CDF_TOTAL), scaled_V)
+    pad = jnp.full((width - V,), CDF_TOTAL, jnp.uint32)
+    return jnp.concatenate([full_V, pad])
+
+
+def search_cdf(cdf_flat, base_N, r_N, width):
+    """Inverse-CDF lookup: for each draw, the token whose CDF interval holds r.
+
+    cdf_flat: uint32 [rows * width], rows of `cdf_row` laid end to end.
+    base_N: int32 [N], offset of each draw's row (row * width).
+    r_N: uint32 [N], uniform in [0, CDF_TOTAL).
+    width: static power of two.
+    Returns int32 [N]: the number of entries of the row that are <= r.
+    """
+    lo_N = jnp.zeros_like(base_N)
+    step = width // 2
+    while step >= 1:  # static unrolled binary search, log2(width) gathers
+        cand_N = lo_N + step
+        lo_N = jnp.where(cdf_flat[base_N + cand_N - 1] <= r_N, cand_N, lo_N)
+        step //= 2
+    return lo_N
+
+
+def draw_bits(key, n):
+    """31 uniform random bits per draw, uint32 [n]; element j depends only on (key, j)."""
+    return jax.random.bits(key, (n,), jnp.uint32) >> (32 - CDF_BITS)
+
+
+def cdf_width(vocab_size):
+    """Row width of an integer CDF table: the smallest power of two >= vocab_size."""
+    width = 1
+    while width < vocab_size:
+        width *= 2
+    return width
