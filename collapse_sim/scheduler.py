@@ -219,6 +219,19 @@ def metric_rows(spec: GroupSpec, cells: list[Cell], generation: int, out: dict, 
     return cols
 
 
+def batch_size(chunk: int, n_devices: int) -> int:
+    """Cells per compiled batch: a multiple of the device count, >= 2 per device.
+
+    XLA CPU compiles a batch of one cell per device with the unit axis
+    squeezed away, and its vectorised log/exp then differ in the last bit
+    from every larger batch; two or more cells per device keep a cell's
+    results bit-identical whatever the chunk (DESIGN §7.1). Padding cells
+    are copies whose results are dropped.
+    """
+    per_device = max(2, -(-chunk // n_devices))
+    return per_device * n_devices
+
+
 def run_plan(plan: Plan, emit: Callable[[dict], None], advance: Callable[[int], None] = lambda n: None, devices=None) -> None:
     """Run every cell of the plan through generations 0..G.
 
@@ -229,9 +242,10 @@ def run_plan(plan: Plan, emit: Callable[[dict], None], advance: Callable[[int], 
         spec = group.spec
         world = make_world(spec, group.source, group.heldout)
         runner = GroupRunner(spec, group.source, world, devices)
-        for start in range(0, len(group.cells), group.chunk_size):
-            cells = group.cells[start : start + group.chunk_size]
-            padded = cells + [cells[-1]] * (group.chunk_size - len(cells))
+        size = batch_size(group.chunk_size, runner.n_devices)
+        for start in range(0, len(group.cells), size):
+            cells = group.cells[start : start + size]
+            padded = cells + [cells[-1]] * (size - len(cells))
             params = runner.put_params(cell_params(padded, group.source))
             state, out = runner.init(params)
             pending = (0, out)

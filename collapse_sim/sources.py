@@ -59,17 +59,13 @@ class Source:
     def sample(self, arrays: dict, key, n: int, seq_len: int):
         """n sequences of seq_len real tokens, int32 [n, seq_len] (pure, jit-able)."""
         if self.kind == "text":
-            text = arrays["text"]
-            start_n = jax.random.randint(key, (n,), 0, text.shape[0] - seq_len + 1)
-            return text[start_n[:, None] + jnp.arange(seq_len)]
+            return _windows(arrays["text"], key, n, seq_len)
         return ngram.sample(key, arrays["cdf"], self.table_order, self.vocab_size, n, seq_len)
 
     def heldout(self, key, n: int, seq_len: int) -> np.ndarray:
         """The held-out set: int32 [n, seq_len], never trained on."""
         if self.kind == "text":
-            text = jnp.asarray(self.text_heldout)
-            start = jax.random.randint(key, (n,), 0, text.shape[0] - seq_len + 1)
-            return np.asarray(text[start[:, None] + jnp.arange(seq_len)])
+            return np.asarray(_windows(jnp.asarray(self.text_heldout), key, n, seq_len))
         return np.asarray(self.sample(self.device_arrays(), key, n, seq_len))
 
     def truth(self, context_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,6 +81,12 @@ class Source:
         safe = np.where(weight > 0, weight, 1.0)[:, None]
         cond = np.where(weight[:, None] > 0, joint / safe, 1.0 / V)
         return weight, cond
+
+
+def _windows(text_T, key, n, seq_len):
+    """n windows of seq_len tokens at uniform random offsets of a text, int32 [n, seq_len]."""
+    start_n = jax.random.randint(key, (n,), 0, text_T.shape[0] - seq_len + 1)
+    return text_T[start_n[:, None] + jnp.arange(seq_len)[None, :]]
 
 
 # ---------------------------------------------------------------- exact truth

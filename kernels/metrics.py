@@ -10,24 +10,26 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from kernels.reduce import total, tree_sum
+
 
 def heldout_nll(probs_CxV, hcounts_CxV):
     """Mean -ln M(token | context) over held-out tokens; +inf if any has probability 0."""
     logp = jnp.log(probs_CxV)
     contrib = jnp.where(hcounts_CxV > 0, hcounts_CxV * logp, 0.0)
-    return -jnp.sum(contrib) / jnp.sum(hcounts_CxV)
+    return -total(contrib) / total(hcounts_CxV)
 
 
 def row_entropy(probs_CxV):
     """Entropy of every row, float32 [C] (0 ln 0 = 0)."""
     plogp = jnp.where(probs_CxV > 0, probs_CxV * jnp.log(jnp.where(probs_CxV > 0, probs_CxV, 1.0)), 0.0)
-    return -jnp.sum(plogp, axis=-1)
+    return -tree_sum(plogp, axis=-1)
 
 
 def heldout_entropy(probs_CxV, hcounts_CxV):
     """Mean over held-out positions of the entropy of M's next-token distribution."""
-    ctx_weight_C = jnp.sum(hcounts_CxV, axis=-1)
-    return jnp.sum(ctx_weight_C * row_entropy(probs_CxV)) / jnp.sum(ctx_weight_C)
+    ctx_weight_C = tree_sum(hcounts_CxV, axis=-1)
+    return total(ctx_weight_C * row_entropy(probs_CxV)) / total(ctx_weight_C)
 
 
 def truth_divergences(model_FxV, true_FxV, weight_F):
@@ -45,11 +47,11 @@ def truth_divergences(model_FxV, true_FxV, weight_F):
     diff = true_FxV - model_FxV
 
     def average(row_F):
-        return jnp.sum(jnp.where(weight_F > 0, weight_F * row_F, 0.0))
+        return total(jnp.where(weight_F > 0, weight_F * row_F, 0.0))
 
-    kl = average(jnp.sum(kl_terms, axis=-1))
-    tv = average(0.5 * jnp.sum(jnp.abs(diff), axis=-1))
-    sq = average(jnp.sum(diff * diff, axis=-1))
+    kl = average(tree_sum(kl_terms, axis=-1))
+    tv = average(0.5 * tree_sum(jnp.abs(diff), axis=-1))
+    sq = average(tree_sum(diff * diff, axis=-1))
     return kl, tv, sq
 
 
@@ -92,7 +94,7 @@ def unique_sequences(tokens_NxL, n_valid, vocab_size):
     t = jnp.pad(tokens_NxL.astype(jnp.uint32), ((0, 0), (0, words * per_word - L)))
     t = t.reshape(N, words, per_word)
     shifts = jnp.arange(per_word, dtype=jnp.uint32) * bits
-    packed = jnp.sum(t << shifts, axis=-1, dtype=jnp.uint32)  # disjoint bit fields: sum == or
+    packed = jnp.sum(t << shifts[None, None, :], axis=-1, dtype=jnp.uint32)  # disjoint bit fields: sum == or
     invalid = (jnp.arange(N) >= n_valid).astype(jnp.uint32)
     operands = [invalid] + [packed[:, w] for w in range(words)]
     sorted_ops = lax.sort(operands, num_keys=len(operands))

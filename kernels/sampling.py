@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from kernels.reduce import prefix_sum, total
+
 CDF_BITS = 31
 CDF_TOTAL = 1 << CDF_BITS
 
@@ -41,12 +43,12 @@ def filter_probs(probs_V, temperature, top_k, top_p):
     rank_V = jnp.zeros(V, jnp.int32).at[order_V].set(jnp.arange(V, dtype=jnp.int32))
     w_V = jnp.where((top_k <= 0) | (rank_V < top_k), w_V, 0.0)
 
-    p_V = w_V / jnp.sum(w_V)
+    p_V = w_V / total(w_V)
     sorted_V = p_V[order_V]
-    before_V = jnp.cumsum(sorted_V) - sorted_V
+    before_V = prefix_sum(sorted_V) - sorted_V
     keep_V = (before_V < top_p)[rank_V] | (top_p >= 1.0)
     w_V = jnp.where(keep_V, w_V, 0.0)
-    return w_V / jnp.sum(w_V)
+    return w_V / total(w_V)
 
 
 def cdf_row(probs_V, width):
@@ -57,7 +59,7 @@ def cdf_row(probs_V, width):
     zero width. Probabilities are resolved to about 2**-24 (float32 cumsum).
     """
     V = probs_V.shape[-1]
-    cum_V = jnp.clip(jnp.cumsum(probs_V.astype(jnp.float32)), 0.0, 1.0)
+    cum_V = jnp.clip(prefix_sum(probs_V.astype(jnp.float32)), 0.0, 1.0)
     last = V - 1 - jnp.argmax(probs_V[::-1] > 0)
     scaled_V = jnp.floor(cum_V * float(CDF_TOTAL)).astype(jnp.uint32)
     full_V = jnp.where(jnp.arange(V) >= last, jnp.uint32(CDF_TOTAL), scaled_V)

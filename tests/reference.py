@@ -1,0 +1,117 @@
+"""Plain numpy references for every kernel, written for clarity, not speed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def context_of(seq, i, order, V):
+    """BOS-padded context row of position i (radix V+1, oldest digit first)."""
+    idx = 0
+    for j in range(i - (order - 1), i):
+        idx = idx * (V + 1) + (seq[j] if j >= 0 else V)
+    return idx
+
+
+def counts(tokens, weights, order, V):
+    C = (V + 1) ** (order - 1)
+    out = np.zeros((C, V), np.int64)
+    for seq, w in zip(tokens, weights):
+        for i in range(len(seq)):
+            out[context_of(seq, i, order, V), seq[i]] += w
+    return out
+
+
+def probs(counts_CxV, smoothing):
+    C, V = counts_CxV.shape
+    out = np.empty((C, V))
+    for c in range(C):
+        n = counts_CxV[c].sum()
+        if n + V * smoothing > 0:
+            out[c] = (counts_CxV[c] + smoothing) / (n + V * smoothing)
+        else:
+            out[c] = 1.0 / V
+    return out
+
+
+def filter_probs(p, temperature, top_k, top_p):
+    p = np.asarray(p, np.float64)
+    V = len(p)
+    if temperature == 0:
+        w = np.zeros(V)
+        w[int(np.argmax(p))] = 1.0
+    else:
+        with np.errstate(divide="ignore"):
+            w = np.where(p > 0, np.exp((np.log(p) - np.log(p.max())) / temperature), 0.0)
+    order = sorted(range(V), key=lambda i: (-w[i], i))
+    if top_k > 0:
+        for i in order[top_k:]:
+            w[i] = 0.0
+    q = w / w.sum()
+    if top_p < 1:
+        mass, keep = 0.0, set()
+        for i in order:
+            if mass < top_p:
+                keep.add(i)
+            mass += q[i]
+        w = np.array([w[i] if i in keep else 0.0 for i in range(V)])
+    return w / w.sum()
+
+
+def heldout_nll(probs_CxV, heldout, order):
+    V = probs_CxV.shape[1]
+    total, n = 0.0, 0
+    for seq in heldout:
+        for i in range(len(seq)):
+            p = probs_CxV[context_of(seq, i, order, V), seq[i]]
+            total += -np.log(p) if p > 0 else np.inf
+            n += 1
+    return total / n
+
+
+def heldout_entropy(probs_CxV, heldout, order):
+    V = probs_CxV.shape[1]
+    hs = []
+    for seq in heldout:
+        for i in range(len(seq)):
+            row = probs_CxV[context_of(seq, i, order, V)]
+            hs.append(-sum(x * np.log(x) for x in row if x > 0))
+    return float(np.mean(hs))
+
+
+def distinct_2(tokens):
+    pairs = [(s[i], s[i + 1]) for s in tokens for i in range(len(s) - 1)]
+    return len(set(pairs)) / len(pairs)
+
+
+def unique_seq(tokens):
+    return len({tuple(s) for s in tokens}) / len(tokens)
+
+
+def divergences(model_FxV, true_FxV, weight_F):
+    kl = tv = sq = 0.0
+    for m, p, w in zip(model_FxV, true_FxV, weight_F):
+        if w == 0:
+            continue
+        row_kl = 0.0
+        for a, b in zip(p, m):
+            if a > 0:
+                row_kl += np.inf if b == 0 else a * np.log(a / b)
+        kl += w * row_kl
+        tv += w * 0.5 * np.abs(p - m).sum()
+        sq += w * ((p - m) ** 2).sum()
+    return kl, tv, sq
+
+
+def chi_square(observed, probs_):
+    """Pearson statistic and degrees of freedom over cells of positive probability."""
+    observed = np.asarray(observed, np.float64)
+    n = observed.sum()
+    mask = probs_ > 0
+    expected = n * probs_[mask]
+    return float(((observed[mask] - expected) ** 2 / expected).sum()), int(mask.sum() - 1)
+
+
+def chi_square_limit(dof, z=4.0):
+    """Upper tolerance of a chi-square statistic: mean + z standard deviations."""
+    return dof + z * np.sqrt(2.0 * dof)

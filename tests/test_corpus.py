@@ -1,0 +1,103 @@
+"""collapse_sim/corpus.py: each policy's training set, real_fraction and admission.
+
+Unigram counts over row-identifying tokens show exactly which rows were
+trained on: real row i is filled with token i, synthetic row j with token
+N0 + j, so count / L is how many times each row was used.
+"""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from collapse_sim import corpus
+
+N0, CAP, L = 6, 10, 3
+V = N0 + CAP
+
+
+def state(policy, n_synth, counts=None):
+    real = jnp.repeat(jnp.arange(N0)[:, None], L, axis=1).astype(jnp.uint8)
+    synth = jnp.repeat(N0 + jnp.arange(CAP)[:, None], L, axis=1).astype(jnp.uint8)
+    c = jnp.zeros((0, V), jnp.int32) if counts is None else counts
+    return corpus.CorpusState(real if corpus.keeps_real(policy) else real[:0], synth, jnp.int32(n_synth), c)
+
+
+def fresh_rows(key, n):
+    return jnp.full((n, L), 99, jnp.int32)  # token 99 marks fresh real data
+
+
+@partial(jax.jit, static_argnames=("policy", "m"))
+def train(policy, st, key, r=0, m=5):
+    return corpus.training_counts(policy, st, key, jnp.int32(r), m, N0, 1, 100 if policy == "fresh" else V, fresh_rows)
+
+
+def uses(counts):
+    return np.asarray(counts)[0] // L
+
+
+def test_replace_reads_only_valid_rows():
+    counts, real, total = train("replace", state("replace", 7), jax.random.key(0))
+    u = uses(counts)
+    np.testing.assert_array_equal(u[N0 : N0 + 7], 1)
+    assert u[N0 + 7 :].sum() == 0 and u[:N0].sum() == 0
+    assert (int(real), int(total)) == (0, 7 * L)
+
+
+def test_accumulate_uses_running_counts():
+    c = jnp.arange(V, dtype=jnp.int32)[None, :]
+    counts, real, total = train("accumulate", state("accumulate", 8, c), jax.random.key(0))
+    np.testing.assert_array_equal(counts, c)
+    assert (int(real), int(total)) == (N0 * L, (N0 + 8) * L)
+
+
+def test_accumulate_subsample_without_replacement_and_uniform():
+    m, n_synth = 7, 5
+    hits = np.zeros(V)
+    trials = 3000
+    for t in range(trials):
+        counts, real, total = train("accumulate_subsample", state("accumulate_subsample", n_synth), jax.random.key(t), m=m)
+        u = uses(counts)
+        assert u.max() == 1 and u.sum() == m, "drawn with replacement or wrong size"
+        assert u[N0 + n_synth :].sum() == 0, "read past the valid length"
+        assert int(real) == u[:N0].sum() * L and int(total) == m * L
+        hits += u
+    # each of the N0 + n_synth valid rows is drawn with probability m / 11
+    p = m / (N0 + n_synth)
+    se = np.sqrt(p * (1 - p) / trials)
+    assert np.all(np.abs(hits[: N0 + n_synth] / trials - p) < 4 * se)
+
+
+@pytest.mark.parametrize("policy", ["mix", "fresh"])
+def test_mix_and_fresh_composition(policy):
+    m, n_synth = 8, 9
+    for r in (0, 3, N0 if policy == "mix" else m):  # mix draws at most N0 real rows
+        for t in range(20):
+            counts, real, total = train(policy, state(policy, n_synth), jax.random.key(t), r=r, m=m)
+            u = np.asarray(counts)[0] // L
+            synth_used = u[N0 : N0 + CAP]
+            real_used = u[99] if policy == "fresh" else u[:N0].sum()
+            assert real_used == r and synth_used.sum() == m - r
+            assert synth_used.max(initial=0) <= 1 and synth_used[n_synth:].sum() == 0
+            if policy == "mix":
+                assert u[:N0].max() <= 1
+            assert (int(real), int(total)) == (r * L, m * L)
+
+
+def test_admit():
+    sample = jnp.full((4, L), 2, jnp.int32)
+    st = corpus.admit("replace", state("replace", 7), sample, jnp.int32(3), 1, V)
+    assert int(st.n_synth) == 3 and st.synth.shape == (4, L)
+    st = state("accumulate", 8, jnp.zeros((1, V), jnp.int32))
+    st = corpus.admit("accumulate", st, sample, jnp.int32(3), 1, V)
+    assert int(st.counts[0, 2]) == 3 * L and int(st.n_synth) == 11
+    st = corpus.admit("accumulate_subsample", state("accumulate_subsample", 5), sample, jnp.int32(3), 1, V)
+    assert int(st.n_synth) == 8
+    np.testing.assert_array_equal(np.asarray(st.synth[5:8]), 2)
+    np.testing.assert_array_equal(np.asarray(st.synth[:5, 0]), N0 + np.arange(5))
+
+
+def test_token_dtype():
+    assert corpus.token_dtype(256) == np.uint8 and corpus.token_dtype(257) == np.uint16

@@ -1,0 +1,125 @@
+"""The engine end to end: ground truth, invariants of DESIGN §7, bookkeeping."""
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.helpers import load, run_rows
+
+METRICS = ["heldout_nll", "kl_true", "tv_true", "sq_true", "entropy", "support", "distinct_2", "unique_seq", "real_fraction"]
+
+
+def wright_fisher(n, replicates, generations, probs):
+    return load([
+        "source.kind=categorical", f"source.probs={probs.tolist()}", "model.order=1", "model.smoothing=0",
+        "corpus.policy=replace", f"real.sequences={n}", f"generate.sequences={n}", "real.seq_len=1",
+        "real.heldout=10", f"replicates={replicates}", f"generations={generations}",
+    ])
+
+
+def test_wright_fisher_expected_squared_distance():
+    """DESIGN §8: E[sq_true at g] = (1 - sum P^2)(1 - (1 - 1/n)^(g+1)), within 4 SE."""
+    P = np.array([0.4, 0.3, 0.2, 0.1])
+    n, reps, G = 12, 2000, 30
+    df = run_rows(wright_fisher(n, reps, G, P))
+    assert len(df) == reps * (G + 1)
+    for g in (0, 1, 3, 8, 15, 30):
+        x = df.loc[df.generation == g, "sq_true"].to_numpy()
+        expected = (1 - (P**2).sum()) * (1 - (1 - 1 / n) ** (g + 1))
+        se = x.std(ddof=1) / np.sqrt(len(x))
+        assert abs(x.mean() - expected) < 4 * se, (g, x.mean(), expected, se)
+
+
+def test_wright_fisher_check_detects_a_wrong_population_size():
+    """The same check against n + 3 fails: the test has power to see a biased engine."""
+    P = np.array([0.4, 0.3, 0.2, 0.1])
+    n, reps = 12, 2000
+    df = run_rows(wright_fisher(n, reps, 8, P))
+    x = df.loc[df.generation == 8, "sq_true"].to_numpy()
+    wrong = (1 - (P**2).sum()) * (1 - (1 - 1 / (n + 3)) ** 9)
+    assert abs(x.mean() - wrong) > 4 * x.std(ddof=1) / np.sqrt(len(x))
+
+
+SWEEP = [
+    "source.kind=markov", "source.vocab_size=5", "source.order=1", "model.order=2", "model.smoothing=0.01",
+    "real.sequences=40", "real.seq_len=8", "real.heldout=30", "generate.sequences=30",
+    "corpus.train_sequences=20", "corpus.real_fraction=0.25", "replicates=3", "generations=4",
+    "sweep={corpus.policy: [replace, accumulate_subsample, mix], generate.sequences: [20, 50], generate.temperature: [1.0, 0.8]}",
+]
+
+
+def assert_same(a: pd.DataFrame, b: pd.DataFrame):
+    assert len(a) == len(b) and len(a) > 0
+    for col in METRICS + ["generation"]:
+        np.testing.assert_array_equal(a[col].to_numpy(), b[col].to_numpy(), err_msg=col)
+
+
+@pytest.fixture(scope="module")
+def sweep_rows():
+    return run_rows(load(SWEEP))
+
+
+def test_cell_alone_equals_cell_in_sweep_bit_for_bit(sweep_rows):
+    """DESIGN §7.1: not the other cells, not the chunk size, not the device count."""
+    target = sweep_rows[(sweep_rows["corpus.policy"] == "mix") & (sweep_rows["generate.sequences"] == 20)
+                        & (sweep_rows["generate.temperature"] == 0.8) & (sweep_rows.replicate == 2)]
+    cell = int(target.cell.iloc[0])
+    alone = run_rows(load(SWEEP), keep=lambda c: c.index == cell, devices=jax.local_devices()[:1])
+    assert_same(target.reset_index(drop=True), alone)
+    chunked = run_rows(load(SWEEP), chunk=2)
+    assert_same(sweep_rows, chunked)
+
+
+def test_set_directly_equals_swept(sweep_rows):
+    """A value set with --set gives the same trajectory as the same value from the sweep."""
+    direct = run_rows(load(SWEEP[:-1] + ["corpus.policy=accumulate_subsample", "generate.sequences=50", "generate.temperature=1.0"]))
+    swept = sweep_rows[(sweep_rows["corpus.policy"] == "accumulate_subsample") & (sweep_rows["generate.sequences"] == 50)
+                       & (sweep_rows["generate.temperature"] == 1.0)].reset_index(drop=True)
+    assert_same(swept, direct)
+
+
+def test_common_random_numbers_for_the_real_set(sweep_rows):
+    """DESIGN §7.2: every sweep point sees the same R for a replicate, so M_0 is the same."""
+    g0 = sweep_rows[sweep_rows.generation == 0]
+    for r, sub in g0.groupby("replicate"):
+        assert sub.heldout_nll.nunique() == 1 and sub.kl_true.nunique() == 1
+    assert g0.groupby("replicate").heldout_nll.first().nunique() == 3  # replicates differ
+
+
+def test_real_fraction_bookkeeping():
+    n0, k, m = 40, 30, 20
+    base = [
+        "source.kind=categorical", "source.vocab_size=6", "model.order=1", f"real.sequences={n0}", "real.seq_len=4",
+        "real.heldout=10", f"generate.sequences={k}", f"corpus.train_sequences={m}", "corpus.real_fraction=0.33",
+        "replicates=4", "generations=5",
+        "sweep={corpus.policy: [replace, accumulate, accumulate_subsample, mix, fresh]}",
+    ]
+    df = run_rows(load(base))
+    for policy, sub in df.groupby("corpus.policy"):
+        g = sub.generation.to_numpy()
+        rf = sub.real_fraction.to_numpy()
+        assert (rf[g == 0] == 1.0).all()
+        later = rf[g > 0]
+        if policy == "replace":
+            assert (later == 0).all()
+        elif policy == "accumulate":
+            np.testing.assert_array_equal(later, n0 / (n0 + g[g > 0] * k))
+        elif policy in ("mix", "fresh"):
+            assert (later == round(0.33 * m) / m).all()  # 7 / 20
+        else:
+            assert ((later * m * 4) % 4 == 0).all() and later.min() >= 0  # whole sequences of R out of m
+            assert 0 < later.mean() < 1
+
+
+def test_collapse_under_replace_support_only_shrinks():
+    """Maximum likelihood + replace: a token lost is lost for good (unigram support never grows)."""
+    df = run_rows(load([
+        "source.kind=categorical", "source.vocab_size=20", "source.zipf=1.2", "model.order=1", "real.sequences=15",
+        "generate.sequences=15", "real.seq_len=1", "replicates=50", "generations=40",
+    ]))
+    for _, sub in df.groupby("cell"):
+        s = sub.support.to_numpy()
+        assert (np.diff(s) <= 0).all()
+    last = df[df.generation == 40]
+    assert last.support.mean() < df[df.generation == 0].support.mean()

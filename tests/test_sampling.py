@@ -1,0 +1,90 @@
+"""kernels/sampling.py against numpy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import sampling
+from tests import reference as ref
+
+
+def random_probs(rng, V, zeros=2):
+    p = rng.dirichlet(np.full(V, 0.7))
+    p[rng.choice(V, zeros, replace=False)] = 0.0
+    return p / p.sum()
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.6, 3, 1.0), (1.0, 0, 0.62), (0.8, 5, 0.9)])
+def test_filter_matches_reference(rng, temperature, top_k, top_p):
+    for _ in range(20):
+        p = random_probs(rng, 9)
+        got = np.asarray(sampling.filter_probs(jnp.asarray(p, jnp.float32), temperature, top_k, top_p))
+        want = ref.filter_probs(p, temperature, top_k, top_p)
+        np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_top_k_keeps_exactly_the_k_most_probable(rng):
+    for k in range(1, 8):
+        p = rng.permutation(np.arange(1, 9, dtype=np.float64))
+        p /= p.sum()
+        got = np.asarray(sampling.filter_probs(jnp.asarray(p, jnp.float32), 1.0, k, 1.0))
+        assert set(np.flatnonzero(got > 0)) == set(np.argsort(-p)[:k])
+
+
+def test_top_k_ties_broken_by_lower_index():
+    p = jnp.asarray([0.25, 0.25, 0.25, 0.25])
+    got = np.asarray(sampling.filter_probs(p, 1.0, 2, 1.0))
+    np.testing.assert_array_equal(got > 0, [True, True, False, False])
+
+
+def test_top_p_keeps_smallest_prefix_reaching_mass():
+    p = jnp.asarray([0.1, 0.4, 0.05, 0.3, 0.15])
+    # descending: 0.4, 0.3, 0.15, 0.1, 0.05; cumulative 0.4, 0.7, 0.85, ...
+    for top_p, keep in [(0.35, {1}), (0.5, {1, 3}), (0.72, {1, 3, 4}), (0.99, {0, 1, 3, 4, 2})]:
+        got = np.asarray(sampling.filter_probs(p, 1.0, 0, top_p))
+        assert set(np.flatnonzero(got > 0)) == keep, top_p
+
+
+def test_temperature_to_zero_is_greedy(rng):
+    for _ in range(20):
+        p = random_probs(rng, 12)
+        greedy = np.asarray(sampling.filter_probs(jnp.asarray(p, jnp.float32), 0.0, 0, 1.0))
+        np.testing.assert_array_equal(greedy, np.eye(12)[np.argmax(p)])
+        cold = np.asarray(sampling.filter_probs(jnp.asarray(p, jnp.float32), 1e-3, 0, 1.0))
+        assert np.argmax(cold) == np.argmax(p) and cold.max() > 0.999
+
+
+def draw(p, n, seed=0):
+    width = sampling.cdf_width(len(p))
+    cdf = sampling.cdf_row(jnp.asarray(p, jnp.float32), width)
+    r = sampling.draw_bits(jax.random.key(seed), n)
+    return np.asarray(sampling.search_cdf(cdf, jnp.zeros(n, jnp.int32), r, width))
+
+
+def test_inverse_cdf_frequencies_chi_square(rng):
+    for V in (2, 5, 13, 64):
+        p = random_probs(rng, V, zeros=1 if V > 2 else 0)
+        tokens = draw(p, 200_000, seed=V)
+        observed = np.bincount(tokens, minlength=V)
+        stat, dof = ref.chi_square(observed, p)
+        assert stat < ref.chi_square_limit(dof), (V, stat, dof)
+        assert observed[p == 0].sum() == 0, "a zero-probability token was drawn"
+
+
+def test_chi_square_detects_a_biased_sampler(rng):
+    p = random_probs(rng, 8, zeros=0)
+    biased = p.copy()
+    biased[np.argmax(p)] *= 1.05
+    biased /= biased.sum()
+    observed = np.bincount(draw(biased, 200_000), minlength=8)
+    stat, dof = ref.chi_square(observed, p)
+    assert stat > ref.chi_square_limit(dof)
+
+
+def test_cdf_row_zero_width_for_zero_probability():
+    p = np.array([0.0, 0.5, 0.0, 0.5, 0.0, 0.0])
+    cdf = np.asarray(sampling.cdf_row(jnp.asarray(p, jnp.float32), 8)).astype(np.int64)
+    widths = np.diff(np.concatenate([[0], cdf]))
+    np.testing.assert_array_equal(widths > 0, [False, True, False, True, False, False, False, False])
+    assert cdf[-1] == sampling.CDF_TOTAL
