@@ -140,13 +140,13 @@ def make_plan(cfg: Config, where: str, devices=None) -> Plan:
         spec = _spec(pts[0], source, max(p.config.generate.sequences for p in pts))
         _check_limits(where, spec, pts[0].config)
         per_cell = cell_bytes(spec)
-        if per_cell > budget:
+        if 2 * per_cell > budget:  # a batch holds at least two cells per device
             raise ConfigError(
                 where,
                 "model.order",
                 f"one cell needs about {format_bytes(per_cell)} (an order-{spec.order} table over "
-                f"{spec.vocab_size} tokens has {spec.contexts * spec.vocab_size:,} entries), more than "
-                f"the {format_bytes(budget)} a device can give",
+                f"{spec.vocab_size} tokens has {spec.contexts * spec.vocab_size:,} entries); two such "
+                f"cells per device do not fit in the {format_bytes(budget)} a device can give",
             )
         cells = [Cell(p.index * cfg.replicates + r, r, p) for p in pts for r in range(cfg.replicates)]
         nd = len(devices)

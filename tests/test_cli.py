@@ -1,0 +1,90 @@
+"""The `collapse-sim` console script: a quickstart-sized run and every bad input."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import collapse_sim
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, cwd=None):
+    exe = shutil.which("collapse-sim", path=str(Path(sys.executable).parent)) or shutil.which("collapse-sim")
+    cmd = [exe] if exe else [sys.executable, "-m", "collapse_sim.cli"]
+    env = {**os.environ, "XLA_FLAGS": ""}  # the CLI picks its own device count
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "qs"
+    r = cli("run", "configs/quickstart.yaml", "--set", "replicates=2", "--set", "generations=3",
+            "--set", "sweep.generate.sequences=[50, 100]", "--out", str(out))
+    return r, out
+
+
+def test_quickstart_sized_run(smoke):
+    r, out = smoke
+    assert r.returncode == 0, r.stderr
+    assert f"run directory: {out}" in r.stdout
+    df = collapse_sim.load_metrics(out)
+    assert len(df) == 3 * 2 * 2 * 4
+    assert set(df.generation) == {0, 1, 2, 3}
+    assert {"cell", "replicate", "corpus.policy", "generate.sequences", "heldout_nll", "entropy", "support",
+            "distinct_2", "unique_seq", "real_fraction"} <= set(df.columns)
+    assert "kl_true" not in df.columns  # text has no known truth: absent, not zero
+    assert (out / "heldout_nll.png").stat().st_size > 10_000
+    assert (out / "config.yaml").exists() and (out / "summary.csv").exists()
+
+
+def test_refuses_to_overwrite_a_run(smoke):
+    _, out = smoke
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    r = cli("run", "configs/quickstart.yaml", "--out", str(out))
+    assert r.returncode == 2 and "already holds a run" in r.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+@pytest.mark.parametrize("sets,key", [
+    (["modle.order=2"], "modle.order"),
+    (["replicates=lots"], "replicates"),
+    (["real.sequences=-3"], "real.sequences"),
+    (["corpus.real_fraction=1.5"], "corpus.real_fraction"),
+    (["generate.top_p=0"], "generate.top_p"),
+    (["source.kind=categorical", "source.probs=[0.2, 0.2]"], "source.probs"),
+    (["corpus.policy=mix", "corpus.train_sequences=500", "generate.sequences=10"], "generate.sequences"),
+    (["sweep.model.orderr=[1, 2]"], "sweep.model.orderr"),
+    (["source.kind=categorical", "source.vocab_size=64", "model.order=5"], "model.order"),
+])
+def test_bad_input_exit_2_one_line(tmp_path, sets, key):
+    args = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "o")]
+    for s in sets:
+        args += ["--set", s]
+    r = cli(*args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0], r.stderr
+    assert "configs/quickstart.yaml" in lines[0] or "--set" in lines[0], r.stderr  # where the value came from
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("content", [None, b"", b"caf\xe9 au lait " * 20])
+def test_bad_text_file_exit_2(tmp_path, content):
+    path = tmp_path / "corpus.txt"
+    if content is not None:
+        path.write_bytes(content)
+    r = cli("run", "configs/quickstart.yaml", "--set", f"source.path={path}", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "source.path" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_help():
+    r = cli("--help")
+    assert r.returncode == 0 and "run" in r.stdout
+    r = cli("run", "--help")
+    assert r.returncode == 0 and "--set" in r.stdout and "--quiet" in r.stdout

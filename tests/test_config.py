@@ -1,0 +1,84 @@
+"""collapse_sim/config.py: defaults, overrides, sweeps and every kind of bad input."""
+
+import pytest
+
+from collapse_sim import config
+from collapse_sim.config import ConfigError
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def error(tmp_path, text, overrides=()):
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, text), list(overrides))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(tmp_path))
+    return msg
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = config.load(write(tmp_path, "name: x\nmodel: {order: 3}\n"), ["generate.temperature=0.5", "sweep.corpus.policy=[replace, mix]"])
+    assert cfg.model.order == 3 and cfg.generate.temperature == 0.5 and cfg.real.seq_len == 32
+    assert [p.config.corpus.policy for p in config.sweep_points(cfg)] == ["replace", "mix"]
+    assert config.load(None).name == "run"
+
+
+def test_sweep_grid_is_the_product(tmp_path):
+    cfg = config.load(write(tmp_path, "sweep:\n  corpus.policy: [replace, accumulate]\n  generate.sequences: [10, 20, 30]\n"))
+    points = config.sweep_points(cfg)
+    assert len(points) == 6 and points[1].values == (("corpus.policy", "replace"), ("generate.sequences", 20))
+
+
+@pytest.mark.parametrize("text,key,fragment", [
+    ("modle: {order: 2}\n", "modle", "did you mean model"),
+    ("model: {ordr: 2}\n", "model.ordr", "did you mean model.order"),
+    ("replicates: many\n", "replicates", "expected an integer"),
+    ("generate: {temperature: hot}\n", "generate.temperature", "expected a number"),
+    ("real: {sequences: -5}\n", "real.sequences", "must be >= 1"),
+    ("corpus: {real_fraction: 1.5}\n", "corpus.real_fraction", "must be in [0, 1]"),
+    ("generate: {top_p: 0}\n", "generate.top_p", "must be in (0, 1]"),
+    ("generate: {top_p: 1.2}\n", "generate.top_p", "must be in (0, 1]"),
+    ("source: {kind: categorical, probs: [0.5, 0.4]}\n", "source.probs", "must sum to 1"),
+    ("source: {kind: categorical, probs: [0.5, -0.1, 0.6]}\n", "source.probs", ">= 0"),
+    ("corpus: {policy: mix, train_sequences: 100, real_fraction: 0.2}\ngenerate: {sequences: 50}\n", "generate.sequences", "too small"),
+    ("corpus: {policy: hoard}\n", "corpus.policy", "must be one of"),
+    ("sweep: {corpus.polcy: [replace]}\n", "sweep.corpus.polcy", "did you mean corpus.policy"),
+    ("sweep: {corpus.real_fraction: [0.1, 2.0]}\ncorpus: {policy: mix}\n", "sweep.corpus.real_fraction", "value 2.0"),
+    ("sweep: {replicates: [1, 2]}\n", "sweep.replicates", "cannot be swept"),
+    ("model: {kind: transformer}\n", "model.kind", "not available yet"),
+    ("model: 3\n", "model", "expected a mapping"),
+])
+def test_bad_input_names_the_key(tmp_path, text, key, fragment):
+    msg = error(tmp_path, text)
+    assert f": {key}:" in msg and fragment in msg, msg
+
+
+def test_bad_set_override_names_the_key(tmp_path):
+    msg = error(tmp_path, "name: x\n", ["corpus.real_fraction=-1"])
+    assert "corpus.real_fraction" in msg and "must be in [0, 1]" in msg
+    with pytest.raises(ConfigError, match="unknown key; did you mean model.order"):
+        config.load(write(tmp_path, "name: x\n"), ["model.oder=2"])
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        config.load(write(tmp_path, "name: x\n"), ["model.order"])
+
+
+def test_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        config.load(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="not valid YAML at line [23]"):
+        config.load(write(tmp_path, "a: 1\nb: [unclosed\n"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        config.load(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_trajectory_identity_ignores_what_cannot_change_it(tmp_path):
+    a = config.load(None, ["name=a", "generations=5", "corpus.real_fraction=0.3"])
+    b = config.load(None, ["name=b", "generations=9", "corpus.real_fraction=0.7"])  # replace ignores rho
+    assert config.stable_hash(config.trajectory_dict(a, "d")) == config.stable_hash(config.trajectory_dict(b, "d"))
+    c = config.load(None, ["corpus.policy=mix", "corpus.real_fraction=0.3", "generate.sequences=2000"])
+    d = config.load(None, ["corpus.policy=mix", "corpus.real_fraction=0.7", "generate.sequences=2000"])
+    assert config.stable_hash(config.trajectory_dict(c, "d")) != config.stable_hash(config.trajectory_dict(d, "d"))
