@@ -10,13 +10,15 @@ G = generations, C x V the n-gram table):
 
 | policy                 | token buffers                  | other          |
 |------------------------|--------------------------------|----------------|
-| replace                | k x L                          |                |
-| accumulate             | none (counts are sufficient)   | C x V counts   |
+| replace                | none (counts of S_{g-1})       | C x V counts   |
+| accumulate             | none (counts of C_g)           | C x V counts   |
 | accumulate_subsample   | (N0 + (G + 1) k) x L           |                |
 | mix                    | (N0 + k) x L                   |                |
 | fresh                  | k x L                          |                |
 
-Only accumulate_subsample grows with the number of generations.
+Only accumulate_subsample grows with the number of generations. For the two
+count policies the counts are sufficient statistics of the training set, so
+no tokens are kept: S_g is counted once, when it is admitted.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class CorpusState(NamedTuple):
     real: jax.Array  # [N0 or 0, L] the real set R, kept where the policy rereads it
     synth: jax.Array  # [capacity, L] generated sequences
     n_synth: jax.Array  # int32: valid rows of synth (accumulate: sequences admitted so far)
-    counts: jax.Array  # [C, V] int32: accumulate's running counts of C_g ([0, V] otherwise)
+    counts: jax.Array  # [C, V] int32: counts of T_{g+1} for the count policies ([0, V] otherwise)
 
 
 def token_dtype(vocab_size: int):
@@ -47,9 +49,12 @@ def token_dtype(vocab_size: int):
     raise ValueError(vocab_size)  # pragma: no cover
 
 
+COUNT_POLICIES = ("replace", "accumulate")  # T_g's counts are kept, not its tokens
+
+
 def capacity(policy: str, gen_capacity: int, generations: int) -> int:
     """Rows of the synth buffer a policy needs for a whole run."""
-    if policy == "accumulate":
+    if policy in COUNT_POLICIES:
         return 0
     if policy == "accumulate_subsample":
         return (generations + 1) * gen_capacity
@@ -66,6 +71,8 @@ def init_state(policy, real_NxL, order, vocab_size, cap, dtype):
     counts = jnp.zeros((0, vocab_size), jnp.int32)
     if policy == "accumulate":
         counts = ngram.fit_counts(real_NxL, jnp.ones(N0, jnp.int32), order, vocab_size)
+    elif policy == "replace":
+        counts = jnp.zeros((ngram.num_contexts(order, vocab_size), vocab_size), jnp.int32)
     real = real_NxL.astype(dtype) if keeps_real(policy) else jnp.zeros((0, L), dtype)
     return CorpusState(real, jnp.zeros((cap, L), dtype), jnp.int32(0), counts)
 
@@ -90,9 +97,7 @@ def training_counts(policy, state, key, real_count, train_sequences, real_sequen
     m = train_sequences
     select_key = jax.random.fold_in(key, SELECT)
     if policy == "replace":
-        w = (jnp.arange(cap) < state.n_synth).astype(jnp.int32)
-        counts = ngram.fit_counts(state.synth, w, order, vocab_size)
-        return counts, jnp.int32(0), state.n_synth * L
+        return state.counts, jnp.int32(0), state.n_synth * L
     if policy == "accumulate":
         return state.counts, jnp.int32(N0 * L), (N0 + state.n_synth) * L
     if policy == "accumulate_subsample":
@@ -123,13 +128,22 @@ def training_counts(policy, state, key, real_count, train_sequences, real_sequen
     return counts, real_count * L, jnp.int32(m * L)
 
 
-def admit(policy, state, sample_kxL, k, order, vocab_size):
-    """The corpus after S_g (its first k rows valid) is admitted."""
-    sample = sample_kxL.astype(state.synth.dtype)
+def sample_counts(sample_kxL, k, order, vocab_size):
+    """Counts of the first k rows of a sample: what the count policies admit."""
+    w = (jnp.arange(sample_kxL.shape[0]) < k).astype(jnp.int32)
+    return ngram.fit_counts(sample_kxL, w, order, vocab_size)
+
+
+def admit(policy, state, sample_kxL, k, counts=None):
+    """The corpus after S_g (its first k rows valid) is admitted.
+
+    counts: `sample_counts` of S_g, required for the count policies.
+    """
+    if policy == "replace":
+        return state._replace(counts=counts, n_synth=jnp.asarray(k, jnp.int32))
     if policy == "accumulate":
-        w = (jnp.arange(sample.shape[0]) < k).astype(jnp.int32)
-        counts = state.counts + ngram.fit_counts(sample, w, order, vocab_size)
-        return state._replace(counts=counts, n_synth=state.n_synth + k)
+        return state._replace(counts=state.counts + counts, n_synth=state.n_synth + k)
+    sample = sample_kxL.astype(state.synth.dtype)
     if policy == "accumulate_subsample":
         synth = jax.lax.dynamic_update_slice(state.synth, sample, (state.n_synth, 0))
         return state._replace(synth=synth, n_synth=state.n_synth + k)

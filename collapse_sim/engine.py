@@ -119,11 +119,17 @@ def _finish(spec, source, world, params, state, key, counts, real_tokens, train_
     out["support"] = metrics.support(counts, probs)
     cdf = ngram.cdf_table(probs, params.temperature, params.top_k, params.top_p)
     sample = ngram.sample(jax.random.fold_in(key, SAMPLE), cdf, spec.order, spec.vocab_size, spec.gen_capacity, spec.seq_len)
+    counted = None
+    if spec.policy in corpus.COUNT_POLICIES:
+        counted = corpus.sample_counts(sample, params.k, spec.order, spec.vocab_size)
     if spec.seq_len >= 2:
-        out["distinct_2"] = metrics.distinct_2(sample, params.k, spec.vocab_size)
-    out["unique_seq"] = metrics.unique_sequences(sample, params.k, spec.vocab_size)
+        if counted is not None and spec.order == 2:  # the bigram counts are already there
+            out["distinct_2"] = metrics.distinct_2_from_counts(counted, params.k, spec.seq_len)
+        else:
+            out["distinct_2"] = metrics.distinct_2(sample, params.k, spec.vocab_size)
+    out["unique_seq"] = metrics.unique_sequences(sample, params.k)
     out["real_tokens"], out["train_tokens"] = real_tokens, train_tokens
-    state = corpus.admit(spec.policy, state, sample, params.k, spec.order, spec.vocab_size)
+    state = corpus.admit(spec.policy, state, sample, params.k, counted)
     return state, out
 
 
@@ -131,11 +137,10 @@ def cell_init(spec: GroupSpec, source: Source, world: World, params: CellParams)
     """Generation 0: draw R, train M_0 on it, sample S_0. Returns (state, metrics)."""
     real = source.sample(world.source, jax.random.wrap_key_data(params.real_key), spec.real_sequences, spec.seq_len)
     state = corpus.init_state(spec.policy, real, spec.order, spec.vocab_size, spec.capacity, spec.dtype)
-    counts = (
-        state.counts
-        if spec.policy == "accumulate"
-        else ngram.fit_counts(real, jnp.ones(spec.real_sequences, jnp.int32), spec.order, spec.vocab_size)
-    )
+    if spec.policy == "accumulate":
+        counts = state.counts
+    else:
+        counts = ngram.fit_counts(real, jnp.ones(spec.real_sequences, jnp.int32), spec.order, spec.vocab_size)
     tokens = jnp.int32(spec.real_sequences * spec.seq_len)
     key = jax.random.fold_in(jax.random.wrap_key_data(params.trajectory_key), 0)
     return _finish(spec, source, world, params, state, key, counts, tokens, tokens)

@@ -38,12 +38,15 @@ def uses(counts):
     return np.asarray(counts)[0] // L
 
 
-def test_replace_reads_only_valid_rows():
-    counts, real, total = train("replace", state("replace", 7), jax.random.key(0))
+def test_replace_trains_on_the_counts_of_the_last_sample_only():
+    sample = jnp.asarray(np.repeat(np.arange(8)[:, None], L, axis=1))
+    counted = corpus.sample_counts(sample, jnp.int32(5), 1, V)
+    st = corpus.admit("replace", state("replace", 0, jnp.zeros((1, V), jnp.int32)), sample, jnp.int32(5), counted)
+    counts, real, total = train("replace", st, jax.random.key(0))
     u = uses(counts)
-    np.testing.assert_array_equal(u[N0 : N0 + 7], 1)
-    assert u[N0 + 7 :].sum() == 0 and u[:N0].sum() == 0
-    assert (int(real), int(total)) == (0, 7 * L)
+    np.testing.assert_array_equal(u[:5], 1)
+    assert u[5:].sum() == 0, "rows past k were counted"
+    assert (int(real), int(total)) == (0, 5 * L)
 
 
 def test_accumulate_uses_running_counts():
@@ -88,15 +91,15 @@ def test_mix_and_fresh_composition(policy):
 
 def test_admit():
     sample = jnp.full((4, L), 2, jnp.int32)
-    st = corpus.admit("replace", state("replace", 7), sample, jnp.int32(3), 1, V)
-    assert int(st.n_synth) == 3 and st.synth.shape == (4, L)
     st = state("accumulate", 8, jnp.zeros((1, V), jnp.int32))
-    st = corpus.admit("accumulate", st, sample, jnp.int32(3), 1, V)
+    st = corpus.admit("accumulate", st, sample, jnp.int32(3), corpus.sample_counts(sample, jnp.int32(3), 1, V))
     assert int(st.counts[0, 2]) == 3 * L and int(st.n_synth) == 11
-    st = corpus.admit("accumulate_subsample", state("accumulate_subsample", 5), sample, jnp.int32(3), 1, V)
+    st = corpus.admit("accumulate_subsample", state("accumulate_subsample", 5), sample, jnp.int32(3))
     assert int(st.n_synth) == 8
     np.testing.assert_array_equal(np.asarray(st.synth[5:8]), 2)
     np.testing.assert_array_equal(np.asarray(st.synth[:5, 0]), N0 + np.arange(5))
+    st = corpus.admit("mix", state("mix", 9), sample, jnp.int32(3))
+    assert int(st.n_synth) == 3 and st.synth.shape == (4, L)
 
 
 def test_token_dtype():

@@ -71,14 +71,23 @@ def test_distinct_2_and_unique_seq(rng, V):
         tokens[5, 2] = 2999
     for n_valid in (40, 17):
         d2 = float(metrics.distinct_2(jnp.asarray(tokens), n_valid, V))
-        us = float(metrics.unique_sequences(jnp.asarray(tokens), n_valid, V))
+        us = float(metrics.unique_sequences(jnp.asarray(tokens), n_valid))
         np.testing.assert_allclose(d2, ref.distinct_2(tokens[:n_valid]), rtol=1e-6)
         np.testing.assert_allclose(us, ref.unique_seq(tokens[:n_valid]), rtol=1e-6)
 
 
-def test_unique_seq_long_sequences_exact(rng):
+def test_unique_seq_long_sequences(rng):
     # sequences that differ only in their last token, longer than one packed word
     base = rng.integers(0, 2, (1, 100))
     tokens = np.repeat(base, 6, axis=0)
     tokens[np.arange(3), 99] = 1 - tokens[0, 99]
-    assert float(metrics.unique_sequences(jnp.asarray(tokens), 6, 2)) == pytest.approx(2 / 6)
+    assert float(metrics.unique_sequences(jnp.asarray(tokens), 6)) == pytest.approx(2 / 6)
+
+
+def test_distinct_2_from_counts_equals_direct(rng):
+    V = 6
+    tokens = rng.integers(0, V, (30, 7))
+    for n_valid in (30, 11):
+        w = (np.arange(30) < n_valid).astype(np.int32)
+        c = ngram.fit_counts(jnp.asarray(tokens), jnp.asarray(w), 2, V)
+        np.testing.assert_allclose(float(metrics.distinct_2_from_counts(c, n_valid, 7)), ref.distinct_2(tokens[:n_valid]), rtol=1e-6)
