@@ -1,0 +1,29 @@
+# Each target sets itself up on a fresh machine: a virtual environment in
+# .venv with the package and its test extras, then the job.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: quickstart test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+quickstart: $(STAMP)  ## the main job: configs/quickstart.yaml on the built-in text
+	$(BIN)/collapse-sim run configs/quickstart.yaml
+
+test: $(STAMP)  ## the default test suite (CI runs this)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)  ## the long statistical checks
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)  ## n-gram throughput against a numpy loop; records to benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/ngram_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
