@@ -123,3 +123,17 @@ def test_collapse_under_replace_support_only_shrinks():
         assert (np.diff(s) <= 0).all()
     last = df[df.generation == 40]
     assert last.support.mean() < df[df.generation == 0].support.mean()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [5, 40])
+def test_wright_fisher_long_horizon(n):
+    """20,000 replicates, 120 generations, two population sizes: every 10th generation within 4 SE."""
+    P = np.array([0.5, 0.2, 0.2, 0.1])
+    df = run_rows(wright_fisher(n, 20_000, 120, P))
+    H = 1 - (P**2).sum()
+    for g in range(0, 121, 10):
+        x = df.loc[df.generation == g, "sq_true"].to_numpy()
+        expected = H * (1 - (1 - 1 / n) ** (g + 1))
+        se = x.std(ddof=1) / np.sqrt(len(x))
+        assert abs(x.mean() - expected) < 4 * se, (g, x.mean(), expected, se)
