@@ -128,16 +128,10 @@ def training_counts(policy, state, key, real_count, train_sequences, real_sequen
     return counts, real_count * L, jnp.int32(m * L)
 
 
-def sample_counts(sample_kxL, k, order, vocab_size):
-    """Counts of the first k rows of a sample: what the count policies admit."""
-    w = (jnp.arange(sample_kxL.shape[0]) < k).astype(jnp.int32)
-    return ngram.fit_counts(sample_kxL, w, order, vocab_size)
-
-
 def admit(policy, state, sample_kxL, k, counts=None):
     """The corpus after S_g (its first k rows valid) is admitted.
 
-    counts: `sample_counts` of S_g, required for the count policies.
+    counts: the counts of S_g's first k rows, required for the count policies.
     """
     if policy == "replace":
         return state._replace(counts=counts, n_synth=jnp.asarray(k, jnp.int32))

@@ -118,10 +118,13 @@ def _finish(spec, source, world, params, state, key, counts, real_tokens, train_
     out["entropy"] = metrics.heldout_entropy(probs, world.heldout_counts)
     out["support"] = metrics.support(counts, probs)
     cdf = ngram.cdf_table(probs, params.temperature, params.top_k, params.top_p)
-    sample = ngram.sample(jax.random.fold_in(key, SAMPLE), cdf, spec.order, spec.vocab_size, spec.gen_capacity, spec.seq_len)
+    sample_key = jax.random.fold_in(key, SAMPLE)
     counted = None
-    if spec.policy in corpus.COUNT_POLICIES:
-        counted = corpus.sample_counts(sample, params.k, spec.order, spec.vocab_size)
+    if spec.policy in corpus.COUNT_POLICIES:  # S_g is admitted as counts: count while sampling
+        valid = (jnp.arange(spec.gen_capacity) < params.k).astype(jnp.int32)
+        sample, counted = ngram.sample(sample_key, cdf, spec.order, spec.vocab_size, spec.gen_capacity, spec.seq_len, valid)
+    else:
+        sample = ngram.sample(sample_key, cdf, spec.order, spec.vocab_size, spec.gen_capacity, spec.seq_len)
     if spec.seq_len >= 2:
         if counted is not None and spec.order == 2:  # the bigram counts are already there
             out["distinct_2"] = metrics.distinct_2_from_counts(counted, params.k, spec.seq_len)

@@ -87,22 +87,34 @@ def cdf_table(probs_CxV, temperature, top_k, top_p):
     return jax.vmap(row)(probs_CxV)
 
 
-def sample(key, cdf_CxW, order, vocab_size, n, seq_len):
+def sample(key, cdf_CxW, order, vocab_size, n, seq_len, weight_n=None):
     """Ancestral sampling of n sequences of seq_len tokens, int32 [n, seq_len].
 
     One lax.scan over positions; every draw is 31 random bits from
     fold_in(key, position), so sequence j depends only on (key, j): the first
     n' rows of a draw of n > n' sequences equal a draw of n' sequences.
+
+    weight_n: optional int32 [n]; if given, also returns the (context, token)
+    counts of the sample with these sequence weights, int32 [C, V], equal to
+    fit_counts(tokens, weight_n, ...) but counted while sampling, with the
+    table in cache instead of a second pass over the tokens.
     """
     C, width = cdf_CxW.shape
     flat = cdf_CxW.reshape(-1)
     radix = vocab_size + 1
+    counting = weight_n is not None
 
-    def step(ctx_N, pos):
+    def step(carry, pos):
+        ctx_N, counts = carry
         r_N = sampling.draw_bits(jax.random.fold_in(key, pos), n)
         tok_N = sampling.search_cdf(flat, ctx_N * width, r_N, width)
-        return (ctx_N * radix + tok_N) % C, tok_N
+        if counting:
+            counts = counts.at[ctx_N * vocab_size + tok_N].add(weight_n)
+        return ((ctx_N * radix + tok_N) % C, counts), tok_N
 
     ctx0_N = jnp.full((n,), C - 1, jnp.int32)
-    _, tokens_LxN = jax.lax.scan(step, ctx0_N, jnp.arange(seq_len))
+    counts0 = jnp.zeros(C * vocab_size if counting else 0, jnp.int32)
+    (_, counts), tokens_LxN = jax.lax.scan(step, (ctx0_N, counts0), jnp.arange(seq_len))
+    if counting:
+        return tokens_LxN.T, counts.reshape(C, vocab_size)
     return tokens_LxN.T

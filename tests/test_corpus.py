@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from collapse_sim import corpus
+from kernels import ngram
 
 N0, CAP, L = 6, 10, 3
 V = N0 + CAP
@@ -40,7 +41,7 @@ def uses(counts):
 
 def test_replace_trains_on_the_counts_of_the_last_sample_only():
     sample = jnp.asarray(np.repeat(np.arange(8)[:, None], L, axis=1))
-    counted = corpus.sample_counts(sample, jnp.int32(5), 1, V)
+    counted = ngram.fit_counts(sample, (jnp.arange(8) < 5).astype(jnp.int32), 1, V)
     st = corpus.admit("replace", state("replace", 0, jnp.zeros((1, V), jnp.int32)), sample, jnp.int32(5), counted)
     counts, real, total = train("replace", st, jax.random.key(0))
     u = uses(counts)
@@ -92,7 +93,7 @@ def test_mix_and_fresh_composition(policy):
 def test_admit():
     sample = jnp.full((4, L), 2, jnp.int32)
     st = state("accumulate", 8, jnp.zeros((1, V), jnp.int32))
-    st = corpus.admit("accumulate", st, sample, jnp.int32(3), corpus.sample_counts(sample, jnp.int32(3), 1, V))
+    st = corpus.admit("accumulate", st, sample, jnp.int32(3), ngram.fit_counts(sample, (jnp.arange(4) < 3).astype(jnp.int32), 1, V))
     assert int(st.counts[0, 2]) == 3 * L and int(st.n_synth) == 11
     st = corpus.admit("accumulate_subsample", state("accumulate_subsample", 5), sample, jnp.int32(3))
     assert int(st.n_synth) == 8

@@ -90,3 +90,13 @@ def test_kernels_jit_and_vmap(rng):
     batched = jax.jit(jax.vmap(lambda t, w: ngram.fit_counts(t, w, order, V)))(tokens, w)
     for i in range(3):
         np.testing.assert_array_equal(batched[i], ngram.fit_counts(tokens[i], w[i], order, V))
+
+
+def test_counting_while_sampling_equals_fitting_the_sample(rng):
+    V, order = 5, 3
+    probs = rng.dirichlet(np.ones(V), size=ngram.num_contexts(order, V))
+    cdf = ngram.cdf_table(jnp.asarray(probs, jnp.float32), 1.0, 0, 1.0)
+    w = jnp.asarray((np.arange(40) < 23).astype(np.int32))
+    toks, counts = ngram.sample(jax.random.key(5), cdf, order, V, 40, 9, w)
+    np.testing.assert_array_equal(toks, ngram.sample(jax.random.key(5), cdf, order, V, 40, 9))
+    np.testing.assert_array_equal(counts, ref.counts(np.asarray(toks), np.asarray(w), order, V))
