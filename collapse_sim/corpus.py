@@ -80,9 +80,14 @@ def init_state(policy, real_NxL, order, vocab_size, cap, dtype):
 def _top_rows(key, n_valid, size, take):
     """`take` distinct row indices drawn uniformly without replacement from
     [0, n_valid) among `size` slots, in random order (valid slots first).
-    Slot j's random score depends only on (key, j)."""
-    score = (jax.random.bits(key, (size,), jnp.uint32) >> 1).astype(jnp.int32)
-    score = jnp.where(jnp.arange(size) < n_valid, score, -1)
+
+    Each slot gets 30 random bits, offset into the normal range and bitcast
+    to float32 (positive floats order like their bit patterns), so the
+    selection is XLA's fast float top_k with 2**30 distinct scores; slot j's
+    score depends only on (key, j)."""
+    bits = (jax.random.bits(key, (size,), jnp.uint32) >> 2) + jnp.uint32(0x00800000)
+    score = jax.lax.bitcast_convert_type(bits, jnp.float32)
+    score = jnp.where(jnp.arange(size) < n_valid, score, -1.0)
     return jax.lax.top_k(score, take)[1]
 
 
