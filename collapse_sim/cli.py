@@ -150,10 +150,10 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
     try:
         scheduler.run_plan(plan, writer.add, progress.advance)
-    except BaseException:
+    except BaseException as e:
         progress.close()
         writer.close()
-        info["status"] = "interrupted"
+        info["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         _write_json(out / RUN_FILE, info)
         raise
     progress.close()
@@ -164,12 +164,13 @@ def cmd_run(args) -> int:
 
     df = results.load_metrics(out)
     plot = report.plot_metric(df, plan.sweep_keys, out / "heldout_nll.png", title=f"{cfg.name}: held-out NLL")
+    report.plot_panels(df, plan.sweep_keys, out / "metrics.png", title=f"{cfg.name}: every metric, median and 10-90 % band over replicates")
     table = report.summary(df, plan.sweep_keys)
     table.to_csv(out / "summary.csv", index=False)
     if not args.quiet:
         with_pd = table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
         print(with_pd)
-        print(f"{len(df):,} metric rows in {seconds:.1f} s; plot {plot}")
+        print(f"{len(df):,} metric rows in {seconds:.1f} s; plots {plot}, {out / 'metrics.png'}")
     print(f"run directory: {out}")
     return 0
 

@@ -23,18 +23,13 @@ def _by_point(df: pd.DataFrame, sweep_keys: list[str]):
         yield dict(zip(sweep_keys, values)), sub
 
 
-def plot_metric(df: pd.DataFrame, sweep_keys: list[str], out: str | Path, metric: str = "heldout_nll", title: str = "") -> Path:
-    """One line per sweep point (median over replicates) and a 10-90 % band.
+METRICS = ["heldout_nll", "kl_true", "tv_true", "sq_true", "entropy", "support", "distinct_2", "unique_seq", "real_fraction"]
+NATS = ("heldout_nll", "entropy", "kl_true")
 
-    Infinite values (a held-out token of probability 0) are left out of the
-    quantiles and counted in the legend.
-    """
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+def _draw(ax, df: pd.DataFrame, sweep_keys: list[str], metric: str) -> None:
+    """Median over replicates per sweep point and a 10-90 % band; infinite
+    values are left out of the quantiles and counted in the legend."""
     for values, sub in _by_point(df, sweep_keys):
         finite = sub[np.isfinite(sub[metric])]
         q = finite.groupby("generation")[metric].quantile([0.1, 0.5, 0.9]).unstack()
@@ -42,15 +37,57 @@ def plot_metric(df: pd.DataFrame, sweep_keys: list[str], out: str | Path, metric
         n_inf = int((~np.isfinite(sub[metric])).sum())
         if n_inf:
             label += f" ({n_inf} inf)"
+        if q.empty:
+            continue
         (line,) = ax.plot(q.index, q[0.5], label=label, lw=1.5)
         ax.fill_between(q.index, q[0.1], q[0.9], color=line.get_color(), alpha=0.18, lw=0)
     ax.set_xlabel("generation")
-    ax.set_ylabel(f"{metric} (nats)" if metric in ("heldout_nll", "entropy", "kl_true") else metric)
-    n_rep = df.groupby("cell").ngroups // max(1, sum(1 for _ in _by_point(df, sweep_keys)))
-    ax.set_title(title or f"{metric}: median and 10-90 % band over {n_rep} replicates")
+    ax.set_ylabel(f"{metric} (nats)" if metric in NATS else metric)
     ax.grid(alpha=0.3)
+
+
+def _replicates(df: pd.DataFrame, sweep_keys: list[str]) -> int:
+    return df.groupby("cell").ngroups // max(1, sum(1 for _ in _by_point(df, sweep_keys)))
+
+
+def plot_metric(df: pd.DataFrame, sweep_keys: list[str], out: str | Path, metric: str = "heldout_nll", title: str = "") -> Path:
+    """One metric against generation: a line per sweep point, a band over replicates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    _draw(ax, df, sweep_keys, metric)
+    ax.set_title(title or f"{metric}: median and 10-90 % band over {_replicates(df, sweep_keys)} replicates")
     ax.legend(fontsize=7, ncol=2 if len(ax.lines) > 6 else 1)
     fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_panels(df: pd.DataFrame, sweep_keys: list[str], out: str | Path, title: str = "") -> Path:
+    """Every metric the run recorded, one panel each, with a shared legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [m for m in METRICS if m in df.columns]
+    cols = 3
+    rows = -(-len(present) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), dpi=100, squeeze=False)
+    for ax, metric in zip(axes.flat, present):
+        _draw(ax, df, sweep_keys, metric)
+        ax.set_title(metric, fontsize=10)
+    for ax in list(axes.flat)[len(present):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8)
+    fig.suptitle(title or f"median and 10-90 % band over {_replicates(df, sweep_keys)} replicates")
+    fig.tight_layout(rect=(0, 0.04 + 0.02 * (-(-len(labels) // 4)), 1, 0.97))
     out = Path(out)
     fig.savefig(out)
     plt.close(fig)

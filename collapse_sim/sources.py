@@ -29,6 +29,7 @@ from kernels import ngram, sampling
 
 BUILTIN_TEXT = "pydoc_topics.txt.gz"
 HELDOUT_SHARE = 0.1  # the last tenth of a text is held out, never trained on
+MAX_SOURCE_ENTRIES = 1 << 25  # a markov table larger than this (256 MiB of float64) is refused
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,13 @@ def build_source(cfg: SourceConfig, seq_len: int, where: str) -> Source:
         stationary, transitions, k = np.ones(1), p[None, :], 0
     else:
         k, V = cfg.order, cfg.vocab_size
+        if (V + 1) ** k * V > MAX_SOURCE_ENTRIES:
+            raise ConfigError(
+                where,
+                "source.order",
+                f"a markov source of order {k} over {V} tokens needs a table of {(V + 1) ** k * V:,} "
+                f"entries (float64); the limit is {MAX_SOURCE_ENTRIES:,}",
+            )
         rng = np.random.default_rng(cfg.seed)
         transitions = rng.dirichlet(np.full(V, cfg.concentration), size=V**k)
         stationary = markov_stationary(transitions, k)

@@ -38,7 +38,7 @@ def test_quickstart_sized_run(smoke):
     assert {"cell", "replicate", "corpus.policy", "generate.sequences", "heldout_nll", "entropy", "support",
             "distinct_2", "unique_seq", "real_fraction"} <= set(df.columns)
     assert "kl_true" not in df.columns  # text has no known truth: absent, not zero
-    assert (out / "heldout_nll.png").stat().st_size > 10_000
+    assert (out / "heldout_nll.png").stat().st_size > 10_000 and (out / "metrics.png").stat().st_size > 10_000
     assert (out / "config.yaml").exists() and (out / "summary.csv").exists()
 
 
@@ -60,6 +60,7 @@ def test_refuses_to_overwrite_a_run(smoke):
     (["corpus.policy=mix", "corpus.train_sequences=500", "generate.sequences=10"], "generate.sequences"),
     (["sweep.model.orderr=[1, 2]"], "sweep.model.orderr"),
     (["source.kind=categorical", "source.vocab_size=64", "model.order=5"], "model.order"),
+    (["source.kind=markov", "source.order=6", "source.vocab_size=40"], "source.order"),
 ])
 def test_bad_input_exit_2_one_line(tmp_path, sets, key):
     args = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "o")]
