@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -42,6 +43,7 @@ class UserError(Exception):
 
 def _default_out(name: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "run"  # a name is never a path
     out = Path("runs") / f"{name}-{stamp}"
     i = 2
     while out.exists():
@@ -99,19 +101,15 @@ class _Progress:
             TextColumn("ETA"),
             TimeRemainingColumn(),
         )
-        self.task = self.bar.add_task(self._describe(0), total=total)
-        self.done = 0
+        self.task = self.bar.add_task(f"gen 0/{generations} · {cells} cells", total=total)
         self.bar.start()
 
-    def _describe(self, done: int) -> str:
-        gen = min(self.generations, done // max(1, self.cells)) if self.cells else 0
-        return f"gen ~{gen}/{self.generations} · {self.cells} cells"
-
-    def advance(self, n: int) -> None:
+    def advance(self, n: int, group: int, groups: int, chunk: int, chunks: int, generation: int) -> None:
         if self.quiet:
             return
-        self.done += n
-        self.bar.update(self.task, advance=n, description=self._describe(self.done))
+        where = f"group {group}/{groups} · " if groups > 1 else ""
+        where += f"chunk {chunk}/{chunks} · " if chunks > 1 else ""
+        self.bar.update(self.task, advance=n, description=f"{where}gen {generation}/{self.generations} · {self.cells} cells")
 
     def close(self) -> None:
         if not self.quiet:
@@ -190,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("config", metavar="CONFIG", help="YAML experiment file (see configs/quickstart.yaml)")
     run.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key (value parsed as YAML); repeatable")
-    run.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>-<timestamp>/); must not hold a run")
+    run.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>-<timestamp>/); must be new or empty")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary; print only the run directory")
     run.set_defaults(func=cmd_run)
     return parser

@@ -23,6 +23,7 @@ POLICIES = ("replace", "accumulate", "accumulate_subsample", "mix", "fresh")
 SOURCE_KINDS = ("categorical", "markov", "text")
 MODEL_KINDS = ("ngram",)
 # keys whose values do not change a cell's trajectory, and so cannot be swept
+MAX_VOCAB = 1 << 20  # tokens; a larger vocabulary cannot hold even a unigram table per cell
 UNSWEPT = ("name", "replicates", "generations", "checkpoint.every", "checkpoint.keep")
 
 
@@ -158,6 +159,11 @@ def _coerce(where: str, key: str, value: Any, label: str | None = None) -> Any:
             raise bad("an integer")
         return value
     if ftype == "float":
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad("a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         if not math.isfinite(value):
@@ -295,6 +301,8 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
                 sweep_raw[key[len("sweep."):]] = value
             flat["sweep"] = sweep_raw
             continue
+        if key in SECTIONS:
+            raise ConfigError(f"--set {expr}", key, f"is a section; set one of its keys, e.g. {key}.{dataclasses.fields(SECTIONS[key])[0].name}")
         if key not in LEAF_KEYS:
             raise _unknown(f"--set {expr}", key)
         _coerce(f"--set {expr}", key, value)
@@ -304,9 +312,10 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     _explicit_vocab = "source.vocab_size" in flat
     if base.source.probs is not None and not _explicit_vocab:
         base = with_values(base, {"source.vocab_size": len(base.source.probs)})
+    if not sweep:  # with a sweep, only the effective configs are run, so only they are checked
+        validate(where, base, explicit_vocab=_explicit_vocab, swept={})
     for point in sweep_points(base):
         validate(where, point.config, explicit_vocab=_explicit_vocab, swept=dict(point.values))
-    validate(where, base, explicit_vocab=_explicit_vocab, swept={})
     return base
 
 
@@ -330,11 +339,12 @@ def validate(where: str, cfg: Config, explicit_vocab: bool = True, swept: dict |
     src = cfg.source
     req(src.kind in SOURCE_KINDS, "source.kind", f"must be one of {', '.join(SOURCE_KINDS)}, got {src.kind!r}")
     req(0 <= src.seed < 2**32, "source.seed", f"must be in [0, 2**32), got {src.seed}")
-    if src.kind in ("categorical", "markov"):
-        req(src.vocab_size >= 2, "source.vocab_size", f"must be >= 2, got {src.vocab_size}")
+    if src.kind in ("categorical", "markov") and src.probs is None:
+        req(2 <= src.vocab_size <= MAX_VOCAB, "source.vocab_size", f"must be in [2, {MAX_VOCAB}], got {src.vocab_size}")
     if src.kind == "categorical":
         req(src.zipf >= 0, "source.zipf", f"must be >= 0, got {src.zipf}")
         if src.probs is not None:
+            req(len(src.probs) >= 2, "source.probs", f"needs at least 2 probabilities, got {len(src.probs)}")
             req(all(p >= 0 for p in src.probs), "source.probs", "probabilities must be >= 0")
             total = sum(src.probs)
             req(abs(total - 1.0) <= 1e-6, "source.probs", f"probabilities must sum to 1, they sum to {total:.6g}")
@@ -356,6 +366,12 @@ def validate(where: str, cfg: Config, explicit_vocab: bool = True, swept: dict |
     req(model.kind in MODEL_KINDS, "model.kind", f"must be ngram (or transformer), got {model.kind!r}")
     req(model.order >= 1, "model.order", f"must be >= 1, got {model.order}")
     req(model.smoothing >= 0, "model.smoothing", f"must be >= 0, got {model.smoothing}")
+    req(
+        model.order - 1 < cfg.real.seq_len,
+        "model.order",
+        f"an order-{model.order} model conditions on {model.order - 1} tokens, so it needs "
+        f"real.seq_len > {model.order - 1} (got {cfg.real.seq_len}) to ever see a full context",
+    )
     gen = cfg.generate
     req(gen.sequences >= 1, "generate.sequences", f"must be >= 1, got {gen.sequences}")
     req(gen.temperature >= 0, "generate.temperature", f"must be >= 0, got {gen.temperature}")
@@ -426,7 +442,10 @@ def sweep_points(cfg: Config) -> list[SweepPoint]:
     points = []
     for i, combo in enumerate(itertools.product(*grids)):
         values = tuple(zip(keys, combo))
-        points.append(SweepPoint(i, values, with_values(dataclasses.replace(cfg, sweep=()), dict(values))))
+        point = with_values(dataclasses.replace(cfg, sweep=()), dict(values))
+        if "source.probs" in dict(values) and point.source.probs is not None:
+            point = with_values(point, {"source.vocab_size": len(point.source.probs)})
+        points.append(SweepPoint(i, values, point))
     return points
 
 
@@ -437,15 +456,15 @@ def trajectory_dict(cfg: Config, source_digest: str) -> dict:
     """The keys a cell's random streams depend on, canonicalised (DESIGN §7.1).
 
     Keys that cannot change the trajectory (name, replicates, generations,
-    checkpoint, keys of other source kinds or of unused policy parameters)
-    are left out; the text source is identified by its content, not its path.
+    checkpoint, real.heldout, unused policy parameters) are left out; the
+    source is identified by the digest of its content (the text, or the exact
+    table of a categorical/markov world), not by the keys that made it.
     """
     d = cfg.to_dict()
     for k in ("name", "replicates", "generations", "sweep", "checkpoint"):
         d.pop(k)
-    src = d["source"]
-    used = {"categorical": ("vocab_size", "zipf", "probs"), "markov": ("vocab_size", "order", "concentration", "seed"), "text": ()}
-    d["source"] = {"kind": src["kind"], "content": source_digest, **{k: src[k] for k in used[src["kind"]]}}
+    d["source"] = {"kind": d["source"]["kind"], "content": source_digest}  # the digest is the world
+    d["real"].pop("heldout")  # the yardstick, not the trajectory
     if d["corpus"]["policy"] not in ("mix", "fresh"):
         d["corpus"].pop("real_fraction")
     if d["corpus"]["policy"] not in ("accumulate_subsample", "mix", "fresh"):

@@ -174,6 +174,10 @@ class GroupRunner:
     """Compiled, batched, device-sharded init and step for one group's chunks."""
 
     def __init__(self, spec: GroupSpec, source: Source, world: World, devices=None):
+        if not jax.config.jax_threefry_partitionable:
+            # row j of a draw must depend only on (key, j), or a cell's sample
+            # would depend on the capacity of its group (DESIGN §7.1)
+            raise RuntimeError("collapse_sim needs jax_threefry_partitionable=True (the JAX default); unset JAX_THREEFRY_PARTITIONABLE")
         self.spec = spec
         devices = list(devices if devices is not None else jax.local_devices())
         self.mesh = Mesh(np.array(devices), ("cells",))

@@ -18,7 +18,7 @@ def _by_point(df: pd.DataFrame, sweep_keys: list[str]):
     if not sweep_keys:
         yield {}, df
         return
-    for values, sub in df.groupby(sweep_keys, sort=False):
+    for values, sub in df.groupby(sweep_keys, sort=False, dropna=False):
         values = values if isinstance(values, tuple) else (values,)
         yield dict(zip(sweep_keys, values)), sub
 

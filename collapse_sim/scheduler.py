@@ -23,6 +23,7 @@ from collapse_sim.sources import Source, build_source
 from kernels import sampling
 
 INT32_MAX = 2**31 - 1
+MAX_CELLS = 1 << 22  # cells are planned as Python objects; 4M is hours of work for any group
 
 
 @dataclass(frozen=True)
@@ -80,18 +81,26 @@ def memory_budget(device=None) -> int:
     return int(total * 0.5 / n_local)
 
 
-def cell_bytes(spec: GroupSpec) -> int:
-    """A generous estimate of the device memory one cell needs during a step."""
+def cell_parts(spec: GroupSpec) -> dict[str, int]:
+    """A generous estimate of the device memory one cell needs during a step,
+    by the config key that drives each part."""
     C, V, L = spec.contexts, spec.vocab_size, spec.seq_len
     W = sampling.cdf_width(V)
     item = np.dtype(spec.dtype).itemsize
-    table = 4 * (8 * C * V + 2 * C * W)
     real_rows = spec.real_sequences if spec.policy in ("accumulate_subsample", "mix") else 0
-    buffers = item * L * (real_rows + spec.capacity) * 2  # the state, and its successor
-    rows = spec.real_sequences + spec.gen_capacity + spec.train_sequences
-    work = 4 * L * rows * 4 + 4 * (spec.real_sequences + spec.capacity) * 3
     distinct = 4 * V * V if V * V <= (1 << 22) else 8 * spec.gen_capacity * L
-    return table + buffers + work + distinct
+    return {
+        "model.order": 4 * (8 * C * V + 2 * C * W) + distinct,  # the table and its derivatives
+        # token buffers (the state and its successor) and the selection's scores
+        "generations": (item * L * 2 + 12) * spec.capacity,
+        "real.sequences": (item * L * 2 + 4 * L * 4 + 12) * real_rows + 4 * L * 4 * spec.real_sequences,
+        "generate.sequences": 4 * L * 4 * spec.gen_capacity,  # the sample, its contexts, draws
+        "corpus.train_sequences": 4 * L * 4 * spec.train_sequences,
+    }
+
+
+def cell_bytes(spec: GroupSpec) -> int:
+    return sum(cell_parts(spec).values())
 
 
 def _check_limits(where: str, spec: GroupSpec, cfg: Config) -> None:
@@ -123,6 +132,10 @@ def make_plan(cfg: Config, where: str, devices=None) -> Plan:
     """Resolve a config into groups of cells; ConfigError if something cannot run."""
     devices = list(devices if devices is not None else jax.local_devices())
     points = cfgmod.sweep_points(cfg)
+    if len(points) * cfg.replicates > MAX_CELLS:
+        key = "replicates" if cfg.replicates > MAX_CELLS // max(1, len(points)) else "sweep"
+        raise ConfigError(where, key, f"{len(points)} sweep points x {cfg.replicates} replicates = "
+                          f"{len(points) * cfg.replicates:,} cells; the limit is {MAX_CELLS:,} per run")
     sources: dict = {}
     by_key: dict = {}
     for point in points:
@@ -139,19 +152,29 @@ def make_plan(cfg: Config, where: str, devices=None) -> Plan:
     for (spec0, _, heldout_n), (source, pts) in by_key.items():
         spec = _spec(pts[0], source, max(p.config.generate.sequences for p in pts))
         _check_limits(where, spec, pts[0].config)
-        per_cell = cell_bytes(spec)
+        parts = cell_parts(spec)
+        per_cell = sum(parts.values())
         if 2 * per_cell > budget:  # a batch holds at least two cells per device
+            key = max(parts, key=parts.get)
+            what = (
+                f"an order-{spec.order} table over {spec.vocab_size} tokens has {spec.contexts * spec.vocab_size:,} entries"
+                if key == "model.order"
+                else f"{format_bytes(parts[key])} of it for {key}"
+            )
             raise ConfigError(
                 where,
-                "model.order",
-                f"one cell needs about {format_bytes(per_cell)} (an order-{spec.order} table over "
-                f"{spec.vocab_size} tokens has {spec.contexts * spec.vocab_size:,} entries); two such "
-                f"cells per device do not fit in the {format_bytes(budget)} a device can give",
+                key,
+                f"one cell needs about {format_bytes(per_cell)} ({what}); two cells per device "
+                f"do not fit in the {format_bytes(budget)} a device can give",
             )
-        cells = [Cell(p.index * cfg.replicates + r, r, p) for p in pts for r in range(cfg.replicates)]
         nd = len(devices)
-        chunk = min(budget // per_cell, -(-len(cells) // nd) * nd)
+        n_cells = len(pts) * cfg.replicates
+        cells = [Cell(p.index * cfg.replicates + r, r, p) for p in pts for r in range(cfg.replicates)]
+        chunk = min(budget // per_cell * nd, -(-n_cells // nd) * nd)  # the budget is per device
         chunk = max(nd, chunk // nd * nd)
+        if heldout_n * spec.seq_len * 4 > budget // 4:
+            raise ConfigError(where, "real.heldout", f"{heldout_n:,} held-out sequences of {spec.seq_len} tokens need "
+                              f"{format_bytes(heldout_n * spec.seq_len * 4)}; the limit is {format_bytes(budget // 4)}")
         heldout_key = _heldout_key(source, spec.seq_len, heldout_n)
         heldout = source.heldout(heldout_key, heldout_n, spec.seq_len)
         groups.append(Group(spec, source, heldout, cells, chunk))
@@ -200,6 +223,13 @@ def cell_params(cells: list[Cell], source: Source) -> CellParams:
     )
 
 
+def column_value(value):
+    """A swept value as a Parquet scalar: lists (source.probs) become their YAML text."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(f"{v:g}" for v in value) + "]"
+    return value
+
+
 def metric_rows(spec: GroupSpec, cells: list[Cell], generation: int, out: dict, sweep_keys: list[str]) -> dict:
     """Columns of one generation's rows for the real cells of a chunk."""
     n = len(cells)
@@ -209,7 +239,7 @@ def metric_rows(spec: GroupSpec, cells: list[Cell], generation: int, out: dict, 
         "generation": np.full(n, generation, np.int64),
     }
     for key in sweep_keys:
-        cols[key] = [dict(c.point.values)[key] for c in cells]
+        cols[key] = [column_value(dict(c.point.values)[key]) for c in cells]
     host = {k: np.asarray(v)[:n] for k, v in out.items()}
     for name in spec.metric_names():
         if name in ("real_tokens", "train_tokens"):
@@ -232,28 +262,31 @@ def batch_size(chunk: int, n_devices: int) -> int:
     return per_device * n_devices
 
 
-def run_plan(plan: Plan, emit: Callable[[dict], None], advance: Callable[[int], None] = lambda n: None, devices=None) -> None:
+def run_plan(plan: Plan, emit: Callable[[dict], None], advance: Callable[..., None] = lambda n, **where: None, devices=None) -> None:
     """Run every cell of the plan through generations 0..G.
 
-    emit(columns) receives each chunk's rows of each generation; advance(n)
-    is called with the number of cell-generations just dispatched.
+    emit(columns) receives each chunk's rows of each generation;
+    advance(n, group=, groups=, chunk=, chunks=, generation=) is called as
+    each generation of a chunk of n cells completes.
     """
-    for group in plan.groups:
+    for gi, group in enumerate(plan.groups):
         spec = group.spec
         world = make_world(spec, group.source, group.heldout)
         runner = GroupRunner(spec, group.source, world, devices)
         size = batch_size(group.chunk_size, runner.n_devices)
-        for start in range(0, len(group.cells), size):
+        n_chunks = -(-len(group.cells) // size)
+        for ci, start in enumerate(range(0, len(group.cells), size)):
             cells = group.cells[start : start + size]
             padded = cells + [cells[-1]] * (size - len(cells))
             params = runner.put_params(cell_params(padded, group.source))
+            where = dict(group=gi + 1, groups=len(plan.groups), chunk=ci + 1, chunks=n_chunks)
             state, out = runner.init(params)
             pending = (0, out)
             for g in range(1, spec.generations + 1):
                 state, out = runner.step(state, g, params)  # dispatched; runs while we write
                 emit(metric_rows(spec, cells, pending[0], pending[1], plan.sweep_keys))
-                advance(len(cells))
+                advance(len(cells), generation=pending[0], **where)
                 pending = (g, out)
             emit(metric_rows(spec, cells, pending[0], pending[1], plan.sweep_keys))
-            advance(len(cells))
+            advance(len(cells), generation=pending[0], **where)
             del state

@@ -105,18 +105,54 @@ def stationary_joint(stationary, transitions, k: int, length: int) -> np.ndarray
     return joint
 
 
-def markov_stationary(transitions: np.ndarray, k: int) -> np.ndarray:
-    """Stationary distribution of the order-k chain over k-grams (power iteration)."""
+def _step(pi, transitions, k):
+    """One step of the k-gram chain: the distribution of the next k-gram."""
     V = transitions.shape[1]
     rest = V ** (k - 1)
-    pi = np.full(V**k, 1.0 / V**k)
-    t3 = transitions.reshape(V, rest, V)
-    for _ in range(100_000):
-        new = np.einsum("ar,arv->rv", pi.reshape(V, rest), t3).reshape(-1)
-        new /= new.sum()
-        if np.abs(new - pi).sum() < 1e-15:
-            return new
-        pi = new
+    return np.einsum("ar,arv->rv", pi.reshape(V, rest), transitions.reshape(V, rest, V)).reshape(-1)
+
+
+def markov_stationary(transitions: np.ndarray, k: int, where: str = "") -> np.ndarray:
+    """Stationary distribution of the order-k chain over k-grams, float64 [V**k].
+
+    Up to 1024 states: solved exactly as a linear system. Larger, or when the
+    solve leaves the simplex (a reducible chain): power iteration of the lazy
+    chain (I + P) / 2, which has the same stationary distributions and no
+    period. A result whose residual |pi P - pi|_1 exceeds 1e-9 is refused.
+    """
+    V = transitions.shape[1]
+    S = V**k
+    pi = None
+    if S <= 1024:
+        P = np.zeros((S, S))
+        src = np.arange(S)
+        base = (src % V ** (k - 1)) * V
+        for v in range(V):
+            P[src, base + v] += transitions[:, v]
+        A = np.vstack([P.T - np.eye(S), np.ones((1, S))])
+        b = np.zeros(S + 1)
+        b[-1] = 1.0
+        pi = np.linalg.lstsq(A, b, rcond=None)[0]
+        if pi.min() < -1e-12:
+            pi = None
+    if pi is None:
+        pi = np.full(S, 1.0 / S)
+        for _ in range(20_000):
+            new = 0.5 * (pi + _step(pi, transitions, k))
+            if np.abs(new - pi).sum() < 1e-14:
+                pi = new
+                break
+            pi = new
+    pi = np.clip(pi, 0.0, None)
+    pi /= pi.sum()
+    residual = np.abs(_step(pi, transitions, k) - pi).sum()
+    if residual > 1e-9:
+        raise ConfigError(
+            where,
+            "source.concentration",
+            f"the order-{k} chain over {V} tokens did not settle to a stationary distribution "
+            f"(residual {residual:.1e}); raise source.concentration or lower source.order",
+        )
     return pi
 
 
@@ -142,15 +178,14 @@ def bos_table(stationary, transitions, k: int) -> np.ndarray:
 
 
 def host_cdf(probs_CxV: np.ndarray) -> np.ndarray:
-    """Integer CDF rows (kernels/sampling.py layout) computed in float64."""
+    """Integer CDF rows in the layout of kernels/sampling.cdf_row, from float64."""
     C, V = probs_CxV.shape
     width = sampling.cdf_width(V)
-    cum = np.clip(np.cumsum(probs_CxV, axis=1), 0.0, 1.0)
-    scaled = np.floor(cum * sampling.CDF_TOTAL).astype(np.uint64)
-    last = V - 1 - np.argmax(probs_CxV[:, ::-1] > 0, axis=1)
-    scaled[np.arange(V)[None, :] >= last[:, None]] = sampling.CDF_TOTAL
-    out = np.full((C, width), sampling.CDF_TOTAL, np.uint64)
-    out[:, :V] = scaled
+    w = np.floor(probs_CxV * sampling.CDF_TOTAL).astype(np.int64)
+    w = np.where(probs_CxV > 0, np.maximum(w, 1), 0)
+    w[np.arange(C), np.argmax(probs_CxV, axis=1)] += sampling.CDF_TOTAL - w.sum(axis=1)
+    out = np.full((C, width), sampling.CDF_TOTAL, np.int64)
+    out[:, :V] = np.cumsum(w, axis=1)
     return out.astype(np.uint32)
 
 
@@ -213,7 +248,7 @@ def build_source(cfg: SourceConfig, seq_len: int, where: str) -> Source:
             )
         rng = np.random.default_rng(cfg.seed)
         transitions = rng.dirichlet(np.full(V, cfg.concentration), size=V**k)
-        stationary = markov_stationary(transitions, k)
+        stationary = markov_stationary(transitions, k, where)
     table = bos_table(stationary, transitions, k)
     digest = hashlib.sha256(table.tobytes()).hexdigest()
     return Source(

@@ -57,12 +57,17 @@ def probs_from_counts(counts_CxV, smoothing):
     """Additive (Lidstone) smoothed next-token probabilities, float32 [C, V].
 
     smoothing: scalar >= 0 (may be traced); 0 = maximum likelihood. A context
-    never seen gets the uniform row, the limit of Lidstone as counts -> 0.
+    never seen in training backs off to the (equally smoothed) unigram
+    distribution of the training set, so under maximum likelihood no token
+    absent from the training set ever gets probability > 0.
     """
     V = counts_CxV.shape[-1]
+    unigram_V = jnp.sum(counts_CxV, axis=0)
     n_C = jnp.sum(counts_CxV, axis=-1, keepdims=True)
-    num = counts_CxV.astype(jnp.float32) + smoothing
-    den = n_C.astype(jnp.float32) + V * smoothing
+    seen_C = n_C > 0
+    rows = jnp.where(seen_C, counts_CxV, unigram_V[None, :])
+    num = rows.astype(jnp.float32) + smoothing
+    den = jnp.where(seen_C, n_C, jnp.sum(unigram_V)).astype(jnp.float32) + V * smoothing
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 1.0 / V)
 
 

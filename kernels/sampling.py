@@ -1,10 +1,11 @@
 """Temperature / top-k / top-p on a row of probabilities, and exact integer draws.
 
 Shared by every model family. A filtered row is turned into an integer CDF
-(`cdf_row`) whose entries sum to ``CDF_TOTAL = 2**31``; a draw is 31 random
+(`cdf_row`) whose widths sum to ``CDF_TOTAL = 2**31``; a draw is 31 random
 bits ``r`` and the token is the number of CDF entries ``<= r`` (`search_cdf`).
 A token of probability 0 has zero width in the CDF and can never be drawn, so
-maximum-likelihood collapse (a token lost is lost for good) is exact.
+maximum-likelihood collapse (a token lost is lost for good) is exact; a token
+of positive probability always has a width of at least 1.
 """
 
 from __future__ import annotations
@@ -54,17 +55,23 @@ def filter_probs(probs_V, temperature, top_k, top_p):
 def cdf_row(probs_V, width):
     """Integer CDF of one probability row, padded to ``width`` (a power of two).
 
-    Returns uint32 [width]: non-decreasing, every entry from the last token of
-    positive probability onwards equals CDF_TOTAL, zero-probability tokens have
-    zero width. Probabilities are resolved to about 2**-24 (float32 cumsum).
+    Each token's width is floor(p * 2**31), at least 1 where p > 0 and exactly
+    0 where p = 0; the rounding remainder goes to the most probable token, and
+    the prefix sum is exact integer arithmetic. So every token keeps its
+    probability to about 1e-7 relative (float32 p), however small it is.
+    Returns uint32 [width], non-decreasing, last entry CDF_TOTAL.
     """
     V = probs_V.shape[-1]
-    cum_V = jnp.clip(prefix_sum(probs_V.astype(jnp.float32)), 0.0, 1.0)
-    last = V - 1 - jnp.argmax(probs_V[::-1] > 0)
-    scaled_V = jnp.floor(cum_V * float(CDF_TOTAL)).astype(jnp.uint32)
-    full_V = jnp.where(jnp.arange(V) >= last, jnp.uint32(CDF_TOTAL), scaled_V)
+    p_V = probs_V.astype(jnp.float32)
+    w_V = jnp.floor(p_V * float(CDF_TOTAL)).astype(jnp.int32)  # p <= 1 - 2**-24 < 2**31 fits
+    w_V = jnp.where(p_V >= 1.0, CDF_TOTAL - 1, w_V)
+    w_V = jnp.where(p_V > 0, jnp.maximum(w_V, 1), 0).astype(jnp.uint32)
+    short = jnp.uint32(CDF_TOTAL) - jnp.sum(w_V, dtype=jnp.uint32)  # mod 2**32: may wrap "negative"
+    top = jnp.argmax(p_V)
+    w_V = w_V.at[top].add(short)  # wraps back: the widths sum to CDF_TOTAL exactly
+    cum_V = jnp.cumsum(w_V, dtype=jnp.uint32)
     pad = jnp.full((width - V,), CDF_TOTAL, jnp.uint32)
-    return jnp.concatenate([full_V, pad])
+    return jnp.concatenate([cum_V, pad])
 
 
 def search_cdf(cdf_flat, base_N, r_N, width):

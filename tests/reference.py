@@ -23,14 +23,14 @@ def counts(tokens, weights, order, V):
 
 
 def probs(counts_CxV, smoothing):
+    """Lidstone rows; a context never seen backs off to the training set's unigram."""
     C, V = counts_CxV.shape
+    unigram = counts_CxV.sum(axis=0)
     out = np.empty((C, V))
     for c in range(C):
-        n = counts_CxV[c].sum()
-        if n + V * smoothing > 0:
-            out[c] = (counts_CxV[c] + smoothing) / (n + V * smoothing)
-        else:
-            out[c] = 1.0 / V
+        row = counts_CxV[c] if counts_CxV[c].sum() > 0 else unigram
+        n = row.sum()
+        out[c] = (row + smoothing) / (n + V * smoothing) if n + V * smoothing > 0 else 1.0 / V
     return out
 
 

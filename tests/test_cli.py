@@ -57,7 +57,8 @@ def test_refuses_to_overwrite_a_run(smoke):
     (["corpus.real_fraction=1.5"], "corpus.real_fraction"),
     (["generate.top_p=0"], "generate.top_p"),
     (["source.kind=categorical", "source.probs=[0.2, 0.2]"], "source.probs"),
-    (["corpus.policy=mix", "corpus.train_sequences=500", "generate.sequences=10"], "generate.sequences"),
+    (["sweep={}", "corpus.policy=mix", "corpus.train_sequences=500", "generate.sequences=10"], "generate.sequences"),
+    (["corpus.train_sequences=20000"], "corpus.train_sequences"),  # accumulate_subsample: m > N0 + k
     (["sweep.model.orderr=[1, 2]"], "sweep.model.orderr"),
     (["source.kind=categorical", "source.vocab_size=64", "model.order=5"], "model.order"),
     (["source.kind=markov", "source.order=6", "source.vocab_size=40"], "source.order"),
@@ -89,3 +90,12 @@ def test_help():
     assert r.returncode == 0 and "run" in r.stdout
     r = cli("run", "--help")
     assert r.returncode == 0 and "--set" in r.stdout and "--quiet" in r.stdout
+
+
+def test_sweep_over_a_list_valued_key(tmp_path):
+    r = cli("run", "configs/quickstart.yaml", "--quiet", "--set", "source.kind=categorical", "--set", "replicates=2",
+            "--set", "generations=2", "--set", "sweep={source.probs: [[0.5, 0.5], [0.2, 0.8]]}", "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    df = collapse_sim.load_metrics(tmp_path / "o")
+    assert set(df["source.probs"]) == {"[0.5, 0.5]", "[0.2, 0.8]"}
+    assert len((tmp_path / "o" / "summary.csv").read_text().splitlines()) == 3

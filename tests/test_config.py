@@ -82,3 +82,34 @@ def test_trajectory_identity_ignores_what_cannot_change_it(tmp_path):
     c = config.load(None, ["corpus.policy=mix", "corpus.real_fraction=0.3", "generate.sequences=2000"])
     d = config.load(None, ["corpus.policy=mix", "corpus.real_fraction=0.7", "generate.sequences=2000"])
     assert config.stable_hash(config.trajectory_dict(c, "d")) != config.stable_hash(config.trajectory_dict(d, "d"))
+
+
+def test_floats_in_exponent_notation(tmp_path):
+    cfg = config.load(write(tmp_path, "model: {smoothing: 1e-3}\n"), ["generate.temperature=5e-1"])
+    assert cfg.model.smoothing == 0.001 and cfg.generate.temperature == 0.5
+
+
+def test_set_on_a_section_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="model: is a section; set one of its keys"):
+        config.load(write(tmp_path, "name: x\n"), ["model=3"])
+
+
+def test_sweep_values_replace_an_invalid_base(tmp_path):
+    """Only effective configs run, so only they are validated: k = 10 is never used."""
+    text = "corpus: {policy: mix, train_sequences: 500}\ngenerate: {sequences: 10}\nsweep: {generate.sequences: [500, 600]}\n"
+    assert len(config.sweep_points(config.load(write(tmp_path, text)))) == 2
+    msg = error(tmp_path, text.replace("[500, 600]", "[500, 60]"))
+    assert "sweep.generate.sequences: value 60" in msg
+
+
+def test_model_order_needs_a_full_context(tmp_path):
+    msg = error(tmp_path, "model: {order: 5}\nreal: {seq_len: 4}\n")
+    assert ": model.order:" in msg and "real.seq_len > 4" in msg
+
+
+def test_swept_probs_have_the_identity_of_set_probs(tmp_path):
+    swept = config.load(write(tmp_path, "source: {kind: categorical}\nsweep: {source.probs: [[0.5, 0.5], [0.2, 0.8]]}\n"))
+    direct = config.load(write(tmp_path, "source: {kind: categorical, probs: [0.2, 0.8]}\n", "d.yaml"))
+    point = config.sweep_points(swept)[1].config
+    assert point.source.vocab_size == direct.source.vocab_size == 2
+    assert config.trajectory_dict(point, "d") == config.trajectory_dict(direct, "d")

@@ -41,11 +41,24 @@ def test_probs_and_log_probs(rng, smoothing):
     np.testing.assert_allclose(lp, want_lp, rtol=1e-5)
 
 
-def test_unseen_context_falls_back_to_uniform():
-    c = jnp.zeros((3, 4), jnp.int32).at[0, 1].set(5)
+def test_unseen_context_backs_off_to_the_training_unigram():
+    c = jnp.zeros((3, 4), jnp.int32).at[0, 1].set(5).at[2, 3].set(15)
     p = np.asarray(ngram.probs_from_counts(c, 0.0))
-    np.testing.assert_allclose(p[1:], 0.25)
+    np.testing.assert_allclose(p[1], [0, 0.25, 0, 0.75])
     np.testing.assert_allclose(p[0], [0, 1, 0, 0])
+    ps = np.asarray(ngram.probs_from_counts(c, 1.0))
+    np.testing.assert_allclose(ps[1], (np.array([0, 5, 0, 15]) + 1) / 24, rtol=1e-6)
+
+
+def test_maximum_likelihood_never_revives_a_lost_token():
+    """Token 2 only ends sequences, so its context is unseen: sampling must
+    still draw only tokens of the training set (no uniform fallback)."""
+    V, order = 8, 2
+    train = jnp.asarray([[0, 1, 2], [1, 1, 1]])
+    counts = ngram.fit_counts(train, jnp.ones(2, jnp.int32), order, V)
+    cdf = ngram.cdf_table(ngram.probs_from_counts(counts, 0.0), 1.0, 0, 1.0)
+    toks = np.asarray(ngram.sample(jax.random.key(0), cdf, order, V, 5000, 12))
+    assert set(np.unique(toks)) <= {0, 1, 2} and 2 in toks
 
 
 def test_bigram_sampling_transition_frequencies(rng):

@@ -88,3 +88,16 @@ def test_cdf_row_zero_width_for_zero_probability():
     widths = np.diff(np.concatenate([[0], cdf]))
     np.testing.assert_array_equal(widths > 0, [False, True, False, True, False, False, False, False])
     assert cdf[-1] == sampling.CDF_TOTAL
+
+
+def test_tiny_probabilities_keep_their_width():
+    """Smoothed tokens of probability ~1e-8 beside two huge counts are each drawable
+    with close to their probability: integer widths, not a float32 cumulative sum."""
+    V = 103
+    p = np.full(V, 1.25e-8)
+    p[0] = p[1] = (1 - 101 * 1.25e-8) / 2
+    cdf = np.asarray(sampling.cdf_row(jnp.asarray(p, jnp.float32), 128)).astype(np.int64)
+    widths = np.diff(np.concatenate([[0], cdf[:V]]))
+    assert cdf[-1] == sampling.CDF_TOTAL and (widths > 0).all()
+    expected = 1.25e-8 * sampling.CDF_TOTAL  # 26.8
+    assert np.abs(widths[2:] - expected).max() <= 1.0

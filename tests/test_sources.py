@@ -82,3 +82,17 @@ def test_text_file_errors(tmp_path):
     (tmp_path / "short.txt").write_text("abcdefghij")
     with pytest.raises(ConfigError, match="needs at least 16"):
         build_source(SourceConfig(kind="text", path=str(tmp_path / "short.txt")), 8, "c.yaml")
+
+
+@pytest.mark.parametrize("V,order,concentration", [(8, 1, 1e-4), (4, 2, 1e-3), (4, 6, 0.5)])
+def test_markov_stationary_of_nearly_deterministic_and_large_chains(V, order, concentration):
+    """Small concentrations make periodic chains, where plain power iteration
+    never converges; 4**6 states take the iterative (lazy chain) path."""
+    s = build_source(SourceConfig(kind="markov", vocab_size=V, order=order, concentration=concentration, seed=1), 10, "t")
+    nxt = stationary_joint(s.stationary, s.transitions, order, order + 1).reshape(V, V**order).sum(0)
+    assert np.abs(nxt - s.stationary).sum() < 1e-9
+
+
+def test_a_chain_that_does_not_settle_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="source.concentration: the order-7 chain"):
+        build_source(SourceConfig(kind="markov", vocab_size=3, order=7, concentration=0.01, seed=1), 10, "c.yaml")
