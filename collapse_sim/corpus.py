@@ -126,7 +126,7 @@ def training_counts(policy, state, key, real_count, train_sequences, real_sequen
         r_rows = state.real[r_idx]
     else:
         take_r = m
-        r_rows = fresh_fn(jax.random.fold_in(key, FRESH), m).astype(state.synth.dtype)
+        r_rows = fresh_fn(jax.random.fold_in(key, FRESH), m)
     r_w = (jnp.arange(take_r) < real_count).astype(jnp.int32)
     rows = jnp.concatenate([r_rows.astype(state.synth.dtype), s_rows])
     counts = ngram.fit_counts(rows, jnp.concatenate([r_w, s_w]), order, vocab_size)
