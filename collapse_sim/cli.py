@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run an experiment from a YAML config",
         description="Run every cell (sweep point x replicate) of CONFIG through generations 0..G and write "
-        "metrics (Parquet), the resolved config, a summary and a plot of held-out NLL to a new run directory.",
+        "metrics (Parquet), the resolved config, a summary table and plots (held-out NLL; every metric) to a new run directory.",
     )
     run.add_argument("config", metavar="CONFIG", help="YAML experiment file (see configs/quickstart.yaml)")
     run.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key (value parsed as YAML); repeatable")

@@ -28,19 +28,20 @@ NATS = ("heldout_nll", "entropy", "kl_true")
 
 
 def _draw(ax, df: pd.DataFrame, sweep_keys: list[str], metric: str) -> None:
-    """Median over replicates per sweep point and a 10-90 % band; infinite
-    values are left out of the quantiles and counted in the legend."""
-    for values, sub in _by_point(df, sweep_keys):
-        finite = sub[np.isfinite(sub[metric])]
-        q = finite.groupby("generation")[metric].quantile([0.1, 0.5, 0.9]).unstack()
-        label = point_label(values, sweep_keys)
-        n_inf = int((~np.isfinite(sub[metric])).sum())
-        if n_inf:
-            label += f" ({n_inf} inf)"
-        if q.empty:
-            continue
-        (line,) = ax.plot(q.index, q[0.5], label=label, lw=1.5)
-        ax.fill_between(q.index, q[0.1], q[0.9], color=line.get_color(), alpha=0.18, lw=0)
+    """Median over replicates per sweep point and a 10-90 % band, one colour
+    per sweep point in every panel. Quantiles count infinite values (a
+    held-out token of probability 0), so a median that is infinite is not
+    drawn rather than replaced by the median of the finite few; the legend
+    counts the infinite values."""
+    for i, (values, sub) in enumerate(_by_point(df, sweep_keys)):
+        q = sub.groupby("generation")[metric].quantile([0.1, 0.5, 0.9]).unstack()
+        q = q.replace([np.inf, -np.inf], np.nan)
+        n_inf = int(np.isinf(sub[metric]).sum())
+        label = point_label(values, sweep_keys) + (f" ({n_inf} inf)" if n_inf else "")
+        ax.plot(q.index, q[0.5], label=label, lw=1.5, color=f"C{i % 10}")
+        ax.fill_between(q.index, q[0.1], q[0.9], color=f"C{i % 10}", alpha=0.18, lw=0)
+    if np.isinf(df[metric]).mean() > 0.5:
+        ax.text(0.5, 0.5, "mostly infinite", transform=ax.transAxes, ha="center", va="center", color="0.4")
     ax.set_xlabel("generation")
     ax.set_ylabel(f"{metric} (nats)" if metric in NATS else metric)
     ax.grid(alpha=0.3)
@@ -84,7 +85,7 @@ def plot_panels(df: pd.DataFrame, sweep_keys: list[str], out: str | Path, title:
         ax.set_title(metric, fontsize=10)
     for ax in list(axes.flat)[len(present):]:
         ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    handles, labels = axes.flat[len(present) - 1].get_legend_handles_labels()  # real_fraction: always finite
     fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8)
     fig.suptitle(title or f"median and 10-90 % band over {_replicates(df, sweep_keys)} replicates")
     fig.tight_layout(rect=(0, 0.04 + 0.02 * (-(-len(labels) // 4)), 1, 0.97))
@@ -94,12 +95,17 @@ def plot_panels(df: pd.DataFrame, sweep_keys: list[str], out: str | Path, title:
     return out
 
 
-def summary(df: pd.DataFrame, sweep_keys: list[str], metric: str = "heldout_nll") -> pd.DataFrame:
-    """Median of a metric over replicates at the first and last generation, per sweep point."""
+def summary(df: pd.DataFrame, sweep_keys: list[str], metrics: tuple[str, ...] = ("heldout_nll", "tv_true")) -> pd.DataFrame:
+    """Median of each metric over replicates at the first and last generation,
+    per sweep point (metrics the run did not record are skipped)."""
     g0, g1 = int(df["generation"].min()), int(df["generation"].max())
+    present = [m for m in metrics if m in df.columns]
     rows = []
     for values, sub in _by_point(df, sweep_keys):
-        first = sub.loc[sub["generation"] == g0, metric].median()
-        last = sub.loc[sub["generation"] == g1, metric].median()
-        rows.append({**values, f"{metric}@{g0}": first, f"{metric}@{g1}": last, "change": last - first})
+        row = dict(values)
+        for metric in present:
+            first = sub.loc[sub["generation"] == g0, metric].median()
+            last = sub.loc[sub["generation"] == g1, metric].median()
+            row.update({f"{metric}@{g0}": first, f"{metric}@{g1}": last})
+        rows.append(row)
     return pd.DataFrame(rows)
