@@ -103,7 +103,7 @@ def cell_bytes(spec: GroupSpec) -> int:
     return sum(cell_parts(spec).values())
 
 
-def _check_limits(where: str, spec: GroupSpec, cfg: Config) -> None:
+def _check_limits(where: str, spec: GroupSpec) -> None:
     V, n = spec.vocab_size, spec.order
     if (V + 1) ** n > INT32_MAX:
         raise ConfigError(where, "model.order", f"an order-{n} model over {V} tokens has too many contexts to index ((V+1)**order > 2**31)")
@@ -149,9 +149,9 @@ def make_plan(cfg: Config, where: str, devices=None) -> Plan:
         by_key.setdefault(gkey, (source, []))[1].append(point)
     groups = []
     budget = memory_budget(devices[0])
-    for (spec0, _, heldout_n), (source, pts) in by_key.items():
+    for (_, _, heldout_n), (source, pts) in by_key.items():
         spec = _spec(pts[0], source, max(p.config.generate.sequences for p in pts))
-        _check_limits(where, spec, pts[0].config)
+        _check_limits(where, spec)
         parts = cell_parts(spec)
         per_cell = sum(parts.values())
         if 2 * per_cell > budget:  # a batch holds at least two cells per device

@@ -39,7 +39,6 @@ def test_truth_matches_brute_force_joint():
 def test_markov_samples_start_stationary_and_follow_transitions():
     s = markov(V=3, order=2)
     toks = np.asarray(s.sample(s.device_arrays(), jax.random.key(0), 60_000, 6))
-    V = 3
     for start in (0, 3):  # the (x_t, x_{t+1}, x_{t+2}) triple at t = 0 and t = 3
         tri = toks[:, start] * 9 + toks[:, start + 1] * 3 + toks[:, start + 2]
         observed = np.bincount(tri, minlength=27)
