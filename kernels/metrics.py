@@ -41,10 +41,12 @@ def truth_divergences(model_FxV, true_FxV, weight_F):
     not, never NaN (zero-weight contexts contribute nothing).
     """
     pos = true_FxV > 0
-    ratio = jnp.where(pos, true_FxV, 1.0) / jnp.where(pos, model_FxV, 1.0)
-    kl_terms = jnp.where(pos, true_FxV * jnp.log(ratio), 0.0)
-    kl_terms = jnp.where(pos & (model_FxV <= 0), jnp.inf, kl_terms)
     diff = true_FxV - model_FxV
+    # KL as sum_{P>0} P (x - log1p x) + sum_{P=0} M with x = (M - P) / P: equal
+    # to sum P ln(P/M) when both rows sum to 1, but every term is >= 0 and
+    # second order in M - P, so a KL of 1e-7 is not lost to float32 rounding.
+    x = -diff / jnp.where(pos, true_FxV, 1.0)
+    kl_terms = jnp.where(pos, true_FxV * (x - jnp.log1p(x)), model_FxV)
 
     def average(row_F):
         return total(jnp.where(weight_F > 0, weight_F * row_F, 0.0))
