@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from collapse_sim import corpus
-from collapse_sim.sources import Source
+from collapse_sim.sources import Source, bos_rows
 from kernels import metrics, ngram
 
 SAMPLE = 0  # key purpose of sampling S_g (corpus.SELECT = 1, corpus.FRESH = 2)
@@ -93,10 +93,7 @@ def make_world(spec: GroupSpec, source: Source, heldout_NxL: np.ndarray) -> Worl
     hc = ngram.fit_counts(jnp.asarray(heldout_NxL), jnp.ones(len(heldout_NxL), jnp.int32), spec.order, V)
     if spec.has_truth:
         weight, cond = source.truth(m)
-        digits = np.indices((V,) * m).reshape(m, -1) if m else np.zeros((0, 1), np.int64)
-        index = np.zeros(digits.shape[1], np.int64)
-        for t in range(m):
-            index = index * (V + 1) + digits[t]
+        index = bos_rows(m, m, V)  # the full-length contexts
     else:
         weight, cond, index = np.zeros(0), np.zeros((0, V)), np.zeros(0, np.int64)
     return World(

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_sim import config as cfgmod
+from collapse_sim import config as cfgmod, corpus
 from collapse_sim.config import Config, ConfigError, SweepPoint
 from collapse_sim.engine import CellParams, GroupRunner, GroupSpec, make_world
 from collapse_sim.sources import Source, build_source
@@ -87,7 +87,7 @@ def cell_parts(spec: GroupSpec) -> dict[str, int]:
     C, V, L = spec.contexts, spec.vocab_size, spec.seq_len
     W = sampling.cdf_width(V)
     item = np.dtype(spec.dtype).itemsize
-    real_rows = spec.real_sequences if spec.policy in ("accumulate_subsample", "mix") else 0
+    real_rows = spec.real_sequences if corpus.keeps_real(spec.policy) else 0
     distinct = 4 * V * V if V * V <= (1 << 22) else 8 * spec.gen_capacity * L
     return {
         "model.order": 4 * (8 * C * V + 2 * C * W) + distinct,  # the table and its derivatives

@@ -168,13 +168,20 @@ def bos_table(stationary, transitions, k: int) -> np.ndarray:
         joint = stationary_joint(stationary, transitions, k, j + 1).reshape(V**j, V)
         marg = joint.sum(axis=1, keepdims=True)
         cond = np.where(marg > 0, joint / np.where(marg > 0, marg, 1.0), 1.0 / V)
-        digits = np.indices((V,) * j).reshape(j, -1) if j else np.zeros((0, 1), int)
-        idx = np.zeros(digits.shape[1], np.int64)
-        for t in range(k):  # k - j BOS digits first, then the j tokens
-            d = np.full(digits.shape[1], V) if t < k - j else digits[t - (k - j)]
-            idx = idx * (V + 1) + d
-        table[idx] = cond
+        table[bos_rows(j, k, V)] = cond
     return table
+
+
+def bos_rows(j: int, m: int, V: int) -> np.ndarray:
+    """Table rows (BOS layout, context length m) of the contexts made of m - j
+    BOS symbols then j tokens, for every j-token tuple in radix-V order
+    (oldest token most significant). int64 [V**j]."""
+    digits = np.indices((V,) * j).reshape(j, -1) if j else np.zeros((0, 1), np.int64)
+    idx = np.zeros(digits.shape[1], np.int64)
+    for t in range(m):
+        d = np.full(digits.shape[1], V) if t < m - j else digits[t - (m - j)]
+        idx = idx * (V + 1) + d
+    return idx
 
 
 def host_cdf(probs_CxV: np.ndarray) -> np.ndarray:
