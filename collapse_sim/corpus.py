@@ -147,3 +147,38 @@ def admit(policy, state, sample_kxL, k, counts=None):
         synth = jax.lax.dynamic_update_slice(state.synth, sample, (state.n_synth, 0))
         return state._replace(synth=synth, n_synth=state.n_synth + k)
     return state._replace(synth=sample, n_synth=jnp.asarray(k, jnp.int32))
+
+
+# ---------------------------------------------------------------- host form (checkpoints)
+
+
+def to_host(state: CorpusState) -> dict[str, np.ndarray]:
+    """A batch of cell states (numpy, leading cells axis) as checkpoint arrays.
+
+    The synth buffer is packed: only each cell's valid rows [0, n_synth) are
+    kept, concatenated in cell order, so a checkpoint of accumulate_subsample
+    holds what has been admitted so far, not the capacity for the whole run.
+    """
+    synth, n_synth = np.asarray(state.synth), np.asarray(state.n_synth)
+    valid = np.minimum(n_synth, synth.shape[1]).astype(np.int64)
+    if synth.shape[1] == 0:
+        rows = synth.reshape(0, synth.shape[2])
+    else:
+        rows = synth[np.arange(synth.shape[1])[None, :] < valid[:, None]]
+    return {"real": np.asarray(state.real), "synth_rows": rows, "n_synth": n_synth, "counts": np.asarray(state.counts)}
+
+
+def from_host(arrays: dict[str, np.ndarray], capacity: int) -> CorpusState:
+    """The inverse of `to_host`: a batch of full states with `capacity` synth
+    rows per cell (which may exceed the capacity they were saved with, when a
+    run is extended). Rows past a cell's valid length are zero; no policy
+    reads them (DESIGN §7.4)."""
+    real, rows, n_synth = arrays["real"], arrays["synth_rows"], arrays["n_synth"]
+    n, L = len(n_synth), real.shape[2]
+    valid = np.minimum(n_synth, capacity).astype(np.int64)
+    if int(valid.sum()) != len(rows):
+        raise ValueError(f"{len(rows)} packed rows for {int(valid.sum())} valid rows")
+    synth = np.zeros((n, capacity, L), rows.dtype)
+    if capacity:
+        synth[np.arange(capacity)[None, :] < valid[:, None]] = rows
+    return CorpusState(real, synth, n_synth.astype(np.int32), arrays["counts"])

@@ -194,6 +194,10 @@ class GroupRunner:
     def put_params(self, params: CellParams) -> CellParams:
         return jax.device_put(params, self.cells)
 
+    def put_state(self, state):
+        """A batch's corpus state (host or device arrays) on this runner's devices."""
+        return jax.device_put(state, self.cells)
+
     def init(self, params: CellParams):
         """(state, metrics) of generation 0 for a chunk of cells."""
         return self._init(self.world, params)

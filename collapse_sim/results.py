@@ -8,7 +8,9 @@ or absent, whatever interrupts the run.
 from __future__ import annotations
 
 import os
+import re
 import time
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -16,24 +18,40 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 METRICS_DIR = "metrics"
+PART_RE = re.compile(r"part-(\d{5,})\.parquet")
+# seconds between flushes of buffered rows; the environment may shorten it
+# to watch a run closely (the fault tests use it to write parts between checkpoints)
+FLUSH_SECONDS = float(os.environ.get("COLLAPSE_SIM_FLUSH_SECONDS", "30"))
+
+
+def file_crc32(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            crc = zlib.crc32(block, crc)
+    return f"{crc:08x}"
 
 
 class MetricsWriter:
     """Buffers metric rows and flushes them to numbered Parquet parts.
 
     A part is written when `rows_per_part` rows are buffered, when `seconds`
-    have passed since the last flush, or on `close`.
+    have passed since the last flush, or on `flush`/`close`. `parts` is the
+    manifest of the parts already in the run (a checkpoint's, on resume);
+    `manifest()` extends it with every part this writer wrote.
     """
 
-    def __init__(self, run_dir: str | Path, rows_per_part: int = 200_000, seconds: float = 30.0):
+    def __init__(self, run_dir: str | Path, rows_per_part: int = 200_000, seconds: float | None = None, parts: list | None = None):
         self.dir = Path(run_dir) / METRICS_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.rows_per_part, self.seconds = rows_per_part, seconds
+        self.rows_per_part = rows_per_part
+        self.seconds = FLUSH_SECONDS if seconds is None else seconds
         self._tables: list[pa.Table] = []
         self._rows = 0
         self._last = time.monotonic()
-        existing = sorted(self.dir.glob("part-*.parquet"))
-        self._next = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        self.parts = list(parts or [])
+        numbers = [int(m.group(1)) for p in self.dir.iterdir() if (m := PART_RE.fullmatch(p.name))]
+        self._next = max(numbers) + 1 if numbers else 0
         self.rows_written = 0
 
     def add(self, columns: dict) -> None:
@@ -51,17 +69,52 @@ class MetricsWriter:
         tmp = path.with_suffix(".parquet.tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, path)
+        self.parts.append({"name": path.name, "rows": table.num_rows, "bytes": path.stat().st_size, "crc32": file_crc32(path)})
         self._next += 1
         self.rows_written += table.num_rows
         self._tables, self._rows, self._last = [], 0, time.monotonic()
+
+    def manifest(self) -> dict:
+        """The parts written so far (call after `flush` for a complete list)."""
+        return {"parts": list(self.parts), "rows": sum(p["rows"] for p in self.parts)}
 
     def close(self) -> None:
         self.flush()
 
 
+def part_files(run_dir: str | Path) -> list[Path]:
+    d = Path(run_dir) / METRICS_DIR
+    return sorted(p for p in d.iterdir() if PART_RE.fullmatch(p.name)) if d.is_dir() else []
+
+
+def part_rows(path: Path) -> int:
+    """Rows of a part from its footer, without reading the data."""
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def prune(run_dir: str | Path, manifest: dict) -> tuple[int, int]:
+    """Remove parts not in `manifest` (written after its checkpoint; resume
+    recomputes their rows) and half-written temporaries. Returns (parts, rows) removed."""
+    keep = {p["name"] for p in manifest["parts"]}
+    parts = rows = 0
+    for path in part_files(run_dir):
+        if path.name not in keep:
+            try:
+                rows += part_rows(path)
+            except Exception:  # noqa: BLE001 - a damaged extra part is removed all the same
+                pass
+            path.unlink()
+            parts += 1
+    d = Path(run_dir) / METRICS_DIR
+    if d.is_dir():
+        for tmp in d.glob("*.parquet.tmp"):
+            tmp.unlink()
+    return parts, rows
+
+
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """All metric rows of a run, one per cell per generation, sorted by (cell, generation)."""
-    parts = sorted((Path(run_dir) / METRICS_DIR).glob("part-*.parquet"))
+    parts = part_files(run_dir)
     if not parts:
         raise FileNotFoundError(f"{run_dir}: no metrics found (expected {METRICS_DIR}/part-*.parquet)")
     frames = [pq.read_table(p).to_pandas() for p in parts]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -262,31 +262,196 @@ def batch_size(chunk: int, n_devices: int) -> int:
     return per_device * n_devices
 
 
-def run_plan(plan: Plan, emit: Callable[[dict], None], advance: Callable[..., None] = lambda n, **where: None, devices=None) -> None:
-    """Run every cell of the plan through generations 0..G.
+@dataclass
+class Chunk:
+    """A contiguous range of a group's cells that runs as one compiled batch.
+
+    `generation` is the last generation completed (-1: not started); `state`
+    is the batch's corpus state (padded to the batch size), on the devices or
+    on the host between blocks, None before generation 0.
+    """
+
+    group: int
+    start: int
+    stop: int
+    generation: int = -1
+    state: Any = None
+
+
+def initial_chunks(plan: Plan, n_devices: int) -> list[Chunk]:
+    chunks = []
+    for gi, group in enumerate(plan.groups):
+        size = batch_size(group.chunk_size, n_devices)
+        chunks += [Chunk(gi, s, min(s + size, len(group.cells))) for s in range(0, len(group.cells), size)]
+    return chunks
+
+
+def _pad(a: np.ndarray, size: int) -> np.ndarray:
+    """Pad a batch to `size` cells with copies of its last cell."""
+    if len(a) == size:
+        return a
+    return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)])
+
+
+def restored_chunks(plan: Plan, groups: list[dict[str, np.ndarray]], n_devices: int) -> list[Chunk]:
+    """Chunks from a checkpoint's group arrays (`snapshot`), for this plan.
+
+    The chunking may differ from the saved run's (another device count,
+    another memory budget, a longer run): a cell's result does not depend on
+    its batch (DESIGN §7.1). Cells of a group at different generations (a run
+    stopped by a signal) go into different chunks.
+    """
+    if len(groups) != len(plan.groups):
+        raise ValueError(f"the checkpoint holds {len(groups)} groups, the plan {len(plan.groups)}")
+    chunks = []
+    for gi, (group, arrays) in enumerate(zip(plan.groups, groups)):
+        cells = np.array([c.index for c in group.cells], np.int64)
+        if not np.array_equal(arrays["cell"], cells):
+            raise ValueError(f"group {gi}: the checkpoint's cells differ from the plan's")
+        gens = arrays["generation"]
+        state = corpus.from_host({k: v for k, v in arrays.items() if k not in ("cell", "generation")}, group.spec.capacity)
+        size = batch_size(group.chunk_size, n_devices)
+        start = 0
+        while start < len(cells):
+            stop = start + 1
+            while stop < len(cells) and stop - start < size and gens[stop] == gens[start]:
+                stop += 1
+            chunk = Chunk(gi, start, stop, int(gens[start]))
+            if chunk.generation >= 0:
+                chunk.state = jax.tree.map(lambda a: _pad(a[start:stop], size), state)
+            chunks.append(chunk)
+            start = stop
+    return chunks
+
+
+def snapshot(plan: Plan, chunks: list[Chunk]) -> list[dict[str, np.ndarray]]:
+    """Every group's cells as host arrays: cell index, last generation done,
+    and the packed corpus state (`corpus.to_host`). Cells not started hold
+    zeros."""
+    out = []
+    for gi, group in enumerate(plan.groups):
+        parts, gens = [], []
+        for c in (c for c in chunks if c.group == gi):
+            n = c.stop - c.start
+            if c.state is None:
+                spec = group.spec
+                real_rows = spec.real_sequences if corpus.keeps_real(spec.policy) else 0
+                rows = spec.contexts if spec.policy in corpus.COUNT_POLICIES else 0
+                host = corpus.CorpusState(
+                    np.zeros((n, real_rows, spec.seq_len), spec.dtype),
+                    np.zeros((n, 0, spec.seq_len), spec.dtype),
+                    np.zeros(n, np.int32),
+                    np.zeros((n, rows, spec.vocab_size), np.int32),
+                )
+            else:
+                host = jax.tree.map(lambda a: np.asarray(a)[:n], jax.device_get(c.state))
+            parts.append(corpus.to_host(host))
+            gens.append(np.full(n, c.generation, np.int32))
+        arrays = {
+            "cell": np.array([c.index for c in group.cells], np.int64),
+            "generation": np.concatenate(gens),
+        }
+        for name in parts[0]:
+            arrays[name] = np.concatenate([p[name] for p in parts])
+        out.append(arrays)
+    return out
+
+
+def next_stop(done: int, every: int, generations: int) -> int:
+    """The next generation at which every cell meets for a checkpoint."""
+    if every <= 0:
+        return generations
+    return min(generations, (max(done, 0) // every + 1) * every)
+
+
+def state_bytes(spec: GroupSpec) -> int:
+    """Bytes of one cell's corpus state (what stays resident between blocks)."""
+    item = np.dtype(spec.dtype).itemsize
+    real_rows = spec.real_sequences if corpus.keeps_real(spec.policy) else 0
+    counts = 4 * spec.contexts * spec.vocab_size if spec.policy in corpus.COUNT_POLICIES else 0
+    return item * spec.seq_len * (real_rows + spec.capacity) + counts + 4
+
+
+def run_plan(
+    plan: Plan,
+    emit: Callable[[dict], None],
+    advance: Callable[..., None] = lambda n, **where: None,
+    devices=None,
+    chunks: list[Chunk] | None = None,
+    save: Callable[[list[Chunk], str], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Run every cell of the plan up to generation G; True when all got there.
+
+    The run advances in blocks: every chunk runs to the next multiple of
+    checkpoint.every (or G), then save(chunks, reason) is called with every
+    cell at that generation. should_stop() is polled between generations; when
+    it turns true the chunk running finishes its generation, save(chunks,
+    "stopped") is called and run_plan returns False.
 
     emit(columns) receives each chunk's rows of each generation;
     advance(n, group=, groups=, chunk=, chunks=, generation=) is called as
-    each generation of a chunk of n cells completes.
+    each generation of a chunk of n cells completes. `chunks` resumes from
+    a checkpoint (`restored_chunks`).
     """
-    for gi, group in enumerate(plan.groups):
-        spec = group.spec
-        world = make_world(spec, group.source, group.heldout)
-        runner = GroupRunner(spec, group.source, world, devices)
+    devices = list(devices if devices is not None else jax.local_devices())
+    chunks = chunks if chunks is not None else initial_chunks(plan, len(devices))
+    G, every = plan.config.generations, plan.config.checkpoint.every
+    resident = len(chunks) == 1 or sum(
+        batch_size(plan.groups[c.group].chunk_size, len(devices)) * state_bytes(plan.groups[c.group].spec) for c in chunks
+    ) <= memory_budget(devices[0]) * len(devices) // 2
+    runners: dict[int, GroupRunner] = {}
+    params: dict[int, CellParams] = {}
+    per_group = {gi: [c for c in chunks if c.group == gi] for gi in range(len(plan.groups))}
+
+    def runner_for(gi: int) -> GroupRunner:
+        if gi not in runners:
+            group = plan.groups[gi]
+            runners[gi] = GroupRunner(group.spec, group.source, make_world(group.spec, group.source, group.heldout), devices)
+        return runners[gi]
+
+    def run_chunk(c: Chunk, target: int) -> bool:
+        """Run chunk c to `target`; False if stopped early."""
+        group, runner = plan.groups[c.group], runner_for(c.group)
+        spec, cells = group.spec, group.cells[c.start : c.stop]
         size = batch_size(group.chunk_size, runner.n_devices)
-        n_chunks = -(-len(group.cells) // size)
-        for ci, start in enumerate(range(0, len(group.cells), size)):
-            cells = group.cells[start : start + size]
+        if id(c) not in params:
             padded = cells + [cells[-1]] * (size - len(cells))
-            params = runner.put_params(cell_params(padded, group.source))
-            where = dict(group=gi + 1, groups=len(plan.groups), chunk=ci + 1, chunks=n_chunks)
-            state, out = runner.init(params)
-            pending = (0, out)
-            for g in range(1, spec.generations + 1):
-                state, out = runner.step(state, g, params)  # dispatched; runs while we write
-                emit(metric_rows(spec, cells, pending[0], pending[1], plan.sweep_keys))
-                advance(len(cells), generation=pending[0], **where)
-                pending = (g, out)
-            emit(metric_rows(spec, cells, pending[0], pending[1], plan.sweep_keys))
-            advance(len(cells), generation=pending[0], **where)
-            del state
+            params[id(c)] = runner.put_params(cell_params(padded, group.source))
+        p = params[id(c)]
+        mine = per_group[c.group]
+        where = dict(group=c.group + 1, groups=len(plan.groups), chunk=mine.index(c) + 1, chunks=len(mine))
+        if c.generation < 0:
+            state, out = runner.init(p)
+        else:
+            state, out = runner.step(runner.put_state(c.state), c.generation + 1, p)
+        c.state, g = None, c.generation + 1
+        stopped = False
+        while g < target:
+            if should_stop():
+                stopped = True
+                break
+            state, out_next = runner.step(state, g + 1, p)  # dispatched; runs while we write
+            emit(metric_rows(spec, cells, g, out, plan.sweep_keys))
+            advance(len(cells), generation=g, **where)
+            g, out = g + 1, out_next
+        emit(metric_rows(spec, cells, g, out, plan.sweep_keys))
+        advance(len(cells), generation=g, **where)
+        c.generation = g
+        c.state = state if resident else jax.device_get(state)
+        return not stopped
+
+    while True:
+        behind = [c for c in chunks if c.generation < G]
+        if not behind:
+            return True
+        target = next_stop(min(c.generation for c in behind), every, G)
+        for c in chunks:
+            if c.generation >= target:
+                continue
+            if should_stop() or not run_chunk(c, target):
+                if save is not None:
+                    save(chunks, "stopped")
+                return False
+        if save is not None:
+            save(chunks, "end" if target == G else "every")
