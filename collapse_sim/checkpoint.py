@@ -164,6 +164,29 @@ class Checkpointer:
             self.mgr.close()
 
 
+def saver(ckpt: Checkpointer, writer, plan, fingerprint: dict):
+    """The `save` callback of `scheduler.run_plan` for a run directory: flush
+    the metric rows, then checkpoint every group's state with the metrics
+    manifest and the config fingerprint."""
+    from collapse_sim import scheduler
+
+    def save(chunks, reason: str) -> None:
+        writer.flush()
+        gens = [c.generation for c in chunks]
+        meta = {
+            "reason": reason,
+            "generation_min": min(gens),
+            "generation_max": max(gens),
+            "generations": plan.config.generations,
+            "cells_at": scheduler.cells_at(chunks),
+            "fingerprint": fingerprint,
+            "metrics": writer.manifest(),
+        }
+        ckpt.save(scheduler.snapshot(plan, chunks), meta)
+
+    return save
+
+
 @dataclass
 class Listed:
     """A checkpoint as `inspect` shows it, from its files alone."""

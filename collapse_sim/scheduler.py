@@ -357,6 +357,15 @@ def snapshot(plan: Plan, chunks: list[Chunk]) -> list[dict[str, np.ndarray]]:
     return out
 
 
+def cells_at(chunks: list[Chunk]) -> dict[str, int]:
+    """Cells per last completed generation ("-1": not started), newest first,
+    keyed by text (JSON)."""
+    at: dict[str, int] = {}
+    for c in sorted(chunks, key=lambda c: -c.generation):
+        at[str(c.generation)] = at.get(str(c.generation), 0) + c.stop - c.start
+    return at
+
+
 def next_stop(done: int, every: int, generations: int) -> int:
     """The next generation at which every cell meets for a checkpoint."""
     if every <= 0:

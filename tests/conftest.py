@@ -4,6 +4,14 @@ import os
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
 
+# A persistent compilation cache for this session (also inherited by the CLI
+# subprocesses of the fault tests): each run of a config compiles once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="collapse-sim-test-jax-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -14,3 +22,11 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
+    if os.path.basename(cache).startswith("collapse-sim-test-jax-"):
+        import shutil
+
+        shutil.rmtree(cache, ignore_errors=True)
