@@ -179,10 +179,12 @@ def _execute(out: Path, cfg, plan, info: dict, quiet: bool, chunks=None, parts=N
 
     G = cfg.generations
     chunks = chunks if chunks is not None else scheduler.initial_chunks(plan, plan.n_devices)
-    sizes = {id(c): c.stop - c.start for c in chunks}
-    remaining = sum(sizes[id(c)] * (G - c.generation) for c in chunks)
-    writer = results.MetricsWriter(out, parts=parts)
-    ckpt = checkpoint.Checkpointer(out, cfg.checkpoint.keep)
+    remaining = sum((c.stop - c.start) * (G - c.generation) for c in chunks)
+    try:
+        writer = results.MetricsWriter(out, parts=parts)
+        ckpt = checkpoint.Checkpointer(out, cfg.checkpoint.keep)
+    except (checkpoint.SaveError, OSError) as e:
+        raise UserError(str(e) if isinstance(e, checkpoint.SaveError) else f"{out}: cannot write ({e.strerror or e})") from None
     save = checkpoint.saver(ckpt, writer, plan, info["fingerprint"])
 
     progress = _Progress(remaining, plan.n_cells, G, quiet)

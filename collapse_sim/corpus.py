@@ -152,20 +152,28 @@ def admit(policy, state, sample_kxL, k, counts=None):
 # ---------------------------------------------------------------- host form (checkpoints)
 
 
-def to_host(state: CorpusState) -> dict[str, np.ndarray]:
-    """A batch of cell states (numpy, leading cells axis) as checkpoint arrays.
+def to_host(parts: CorpusState) -> dict[str, np.ndarray]:
+    """A batch of cell states as checkpoint arrays.
 
-    The synth buffer is packed: only each cell's valid rows [0, n_synth) are
-    kept, concatenated in cell order, so a checkpoint of accumulate_subsample
-    holds what has been admitted so far, not the capacity for the whole run.
+    Each field of `parts` is a list of host arrays that split the batch along
+    its cells axis (one per device shard, viewed in place where the backend
+    allows). The synth buffer is packed: only each cell's valid rows
+    [0, n_synth) are kept, concatenated in cell order, so a checkpoint of
+    accumulate_subsample holds what has been admitted so far, not the
+    capacity for the whole run; it is the one copy made of it.
     """
-    synth, n_synth = np.asarray(state.synth), np.asarray(state.n_synth)
-    valid = np.minimum(n_synth, synth.shape[1]).astype(np.int64)
-    if synth.shape[1] == 0:
-        rows = synth.reshape(0, synth.shape[2])
-    else:
-        rows = synth[np.arange(synth.shape[1])[None, :] < valid[:, None]]
-    return {"real": np.asarray(state.real), "synth_rows": rows, "n_synth": n_synth, "counts": np.asarray(state.counts)}
+    def cat(xs):
+        return np.concatenate(xs) if len(xs) > 1 else np.array(xs[0])
+
+    n_synth = cat(parts.n_synth)
+    L = parts.synth[0].shape[2]
+    rows, i = [], 0
+    for block in parts.synth:
+        for cell in block:
+            rows.append(cell[: min(int(n_synth[i]), len(cell))])
+            i += 1
+    packed = np.concatenate(rows) if rows else np.zeros((0, L), parts.synth[0].dtype)
+    return {"real": cat(parts.real), "synth_rows": packed, "n_synth": n_synth, "counts": cat(parts.counts)}
 
 
 def from_host(arrays: dict[str, np.ndarray], capacity: int) -> CorpusState:

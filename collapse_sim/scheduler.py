@@ -324,6 +324,24 @@ def restored_chunks(plan: Plan, groups: list[dict[str, np.ndarray]], n_devices: 
     return chunks
 
 
+def _host_parts(a, n: int) -> list[np.ndarray]:
+    """The first n cells of a batched array as host arrays, one per device
+    shard in cell order: views of the device buffers where the backend allows
+    (CPU), so nothing is copied until the state is packed."""
+    if isinstance(a, jax.Array):
+        shards = sorted(a.addressable_shards, key=lambda s: s.index[0].start or 0)
+        parts = [np.asarray(s.data) for s in shards]
+    else:
+        parts = [np.asarray(a)]
+    out, have = [], 0
+    for p in parts:
+        if have >= n:
+            break
+        out.append(p[: n - have])
+        have += len(out[-1])
+    return out
+
+
 def snapshot(plan: Plan, chunks: list[Chunk]) -> list[dict[str, np.ndarray]]:
     """Every group's cells as host arrays: cell index, last generation done,
     and the packed corpus state (`corpus.to_host`). Cells not started hold
@@ -337,22 +355,22 @@ def snapshot(plan: Plan, chunks: list[Chunk]) -> list[dict[str, np.ndarray]]:
                 spec = group.spec
                 real_rows = spec.real_sequences if corpus.keeps_real(spec.policy) else 0
                 rows = spec.contexts if spec.policy in corpus.COUNT_POLICIES else 0
-                host = corpus.CorpusState(
+                state = corpus.CorpusState(
                     np.zeros((n, real_rows, spec.seq_len), spec.dtype),
                     np.zeros((n, 0, spec.seq_len), spec.dtype),
                     np.zeros(n, np.int32),
                     np.zeros((n, rows, spec.vocab_size), np.int32),
                 )
             else:
-                host = jax.tree.map(lambda a: np.asarray(a)[:n], jax.device_get(c.state))
-            parts.append(corpus.to_host(host))
+                state = c.state
+            parts.append(corpus.to_host(corpus.CorpusState(*(_host_parts(a, n) for a in state))))
             gens.append(np.full(n, c.generation, np.int32))
         arrays = {
             "cell": np.array([c.index for c in group.cells], np.int64),
             "generation": np.concatenate(gens),
         }
         for name in parts[0]:
-            arrays[name] = np.concatenate([p[name] for p in parts])
+            arrays[name] = np.concatenate([p[name] for p in parts]) if len(parts) > 1 else parts[0][name]
         out.append(arrays)
     return out
 
