@@ -25,7 +25,6 @@ row to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -47,6 +46,7 @@ from jax.sharding import Mesh, PartitionSpec as P  # noqa: E402
 from collapse_sim import config as cfgmod, scheduler  # noqa: E402
 from collapse_sim.engine import GroupRunner, make_world  # noqa: E402
 from kernels import ngram  # noqa: E402
+from record import record  # noqa: E402
 
 
 def median_time(fn, repeats):
@@ -192,16 +192,12 @@ def main():
     if a.quick:
         print("(--quick is a smoke run: the targets are for the full setting, where arrays outgrow the caches)")
     if not a.no_record and not a.quick:
-        out = HERE / "results"
-        out.mkdir(exist_ok=True)
-        (out / "ngram_throughput.json").write_text(json.dumps(res, indent=2) + "\n")
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write(
-                f"| {res['date']} | ngram_throughput | {res['machine']} | {C} cells, V={V}, N={N}, L={L} | "
-                f"{res['engine_cellgen_per_s']:.1f} cell-gen/s | {res['speedup_vs_numpy']:.2f}x numpy loop | "
-                f"sampling {res['sample_vs_rng_bound']:.0%} of rng bound |\n"
-            )
-
+        record("ngram_throughput", res, [
+            f"{C} cells, V={V}, N={N}, L={L}",
+            f"{res['engine_cellgen_per_s']:.1f} cell-gen/s",
+            f"{res['speedup_vs_numpy']:.2f}x numpy loop",
+            f"sampling {res['sample_vs_rng_bound']:.0%} of rng bound",
+        ])
 
 if __name__ == "__main__":
     main()

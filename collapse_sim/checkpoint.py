@@ -116,7 +116,11 @@ class Checkpointer:
             self.mgr = ocp.CheckpointManager(
                 self.root.absolute(),
                 options=ocp.CheckpointManagerOptions(
-                    max_to_keep=keep, create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True
+                    max_to_keep=keep,
+                    create=True,
+                    enable_async_checkpointing=True,
+                    enable_background_delete=True,  # old steps go without blocking the run; close() waits
+                    cleanup_tmp_directories=True,
                 ),
                 item_names=("state", "meta"),
             )
@@ -251,13 +255,15 @@ def restore(run_dir: str | Path, step: int) -> tuple[dict, list[dict[str, np.nda
         raise Unusable("its metadata is incomplete") from None
     _check_parts(run_dir, manifest)
     ocp = _ocp()
-    try:
+    tree = {}
+    if any(int(np.prod(d["shape"])) for desc in described for d in desc.values()):
         ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-        tree = ckptr.restore((path / "state").absolute()) if any(
-            int(np.prod(d["shape"])) for desc in described for d in desc.values()
-        ) else {}
-    except Exception as e:  # noqa: BLE001 - any failure to read is a damaged checkpoint
-        raise Unusable(f"its arrays cannot be read ({_reason(e)})") from None
+        try:
+            tree = ckptr.restore((path / "state").absolute())
+        except Exception as e:  # noqa: BLE001 - any failure to read is a damaged checkpoint
+            raise Unusable(f"its arrays cannot be read ({_reason(e)})") from None
+        finally:
+            ckptr.close()
     groups = []
     for i, desc in enumerate(described):
         saved = tree.get(f"group_{i}", {}) if isinstance(tree, dict) else {}

@@ -338,7 +338,7 @@ def _resume(args, out, info, cfgmod, checkpoint, results, rundir) -> int:
     diff = rundir.changed_key(saved_fp, now_fp)
     if diff is not None:
         key, old, new = diff
-        what = (f"the source's content changed since the run started" if key == "source.content"
+        what = ("the source's content changed since the run started" if key == "source.content"
                 else f"changed from {old!r} to {new!r} since the run started")
         raise cfgmod.ConfigError(where, key, f"{what}; a resumed run keeps every key that shapes its results "
                                  "(only --generations may change). Start a new run for a new config")
