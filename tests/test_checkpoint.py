@@ -183,6 +183,15 @@ def test_extend_a_finished_run_equals_a_longer_run(tmp_path, reference, capsys):
     assert "can only extend" in capsys.readouterr().err
 
 
+def test_extend_an_interrupted_run(tmp_path, reference, monkeypatch):
+    out = tmp_path / "run"
+    SignalAfter(monkeypatch, 6)
+    assert run_cli("run", write(tmp_path, TWO.replace("generations: 9", "generations: 5")), "--out", out, "--quiet") == 143
+    monkeypatch.undo()
+    assert run_cli("resume", out, "--generations", 9, "--quiet") == 0
+    assert_same_metrics(out, reference["two"])
+
+
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, reference):
     out = tmp_path / "run"
     assert run_cli("run", write(tmp_path, TWO), "--out", out, "--quiet") == 0
