@@ -45,8 +45,10 @@ def configure_compilation_cache() -> None:
     skips most compilation (about 80 % of a small run's time).
 
     JAX's persistent cache, under $XDG_CACHE_HOME/collapse_sim/jax (or
-    ~/.cache/...), capped at 1 GiB; a JAX_COMPILATION_CACHE_DIR the user set
-    wins, and JAX_COMPILATION_CACHE_DIR= (empty) turns it off.
+    ~/.cache/...); an entry is a few hundred KiB, about 1 MiB per config. A
+    JAX_COMPILATION_CACHE_DIR the user set wins, and
+    JAX_COMPILATION_CACHE_DIR= (empty) turns it off. (No size cap: JAX's cap
+    needs the filelock package.)
     """
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
@@ -57,7 +59,6 @@ def configure_compilation_cache() -> None:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     jax.config.update("jax_compilation_cache_dir", os.path.join(base, "collapse_sim", "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    jax.config.update("jax_compilation_cache_max_size", 1 << 30)
 
 
 def _default_out(name: str) -> Path:
