@@ -158,7 +158,7 @@ class Checkpointer:
         self.last_saved = step
 
     def _failed(self, step: int, e: BaseException) -> str:
-        prev = f"checkpoint {self.last_saved} is intact" if self.last_saved else "no earlier checkpoint of this session was lost"
+        prev = f"checkpoint {self.last_saved} is intact" if self.last_saved else "the checkpoints before it are intact"
         return f"{self.root}: cannot write checkpoint {step} ({_reason(e)}); {prev}"
 
     def close(self) -> None:
