@@ -115,3 +115,55 @@ def chi_square(observed, probs_):
 def chi_square_limit(dof, z=4.0):
     """Upper tolerance of a chi-square statistic: mean + z standard deviations."""
     return dof + z * np.sqrt(2.0 * dof)
+
+
+# ---------------------------------------------------------------- transformer
+
+
+def _layer_norm(x, p, eps=1e-6):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def _gelu(x):  # the tanh approximation (flax.linen.gelu's default)
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def _dense(x, p):
+    return x @ p["kernel"] + p["bias"]
+
+
+def transformer_logits(params, tokens_BxL, V, heads, tie):
+    """Logits [B, L, V] of the kernels.transformer model, in float64, one
+    sequence and one head at a time."""
+    P = {k: v for k, v in params.items()}
+    f = lambda t: {k: (f(v) if isinstance(v, dict) else np.asarray(v, np.float64)) for k, v in t.items()}  # noqa: E731
+    P = f(P)
+    B, L = tokens_BxL.shape
+    emb = P["embed"]["embedding"]
+    d = emb.shape[1]
+    dh = d // heads
+    out = np.zeros((B, L, V))
+    layers = sorted((k for k in P if k.startswith("blocks_")), key=lambda k: int(k.split("_")[1]))
+    for b in range(B):
+        inputs = [V] + list(tokens_BxL[b, :-1])
+        x = emb[inputs] + P["pos"][:L]
+        for name in layers:
+            blk = P[name]
+            h = _layer_norm(x, blk["ln1"])
+            qkv = _dense(h, blk["attn"]["qkv"])
+            q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
+            o = np.zeros((L, d))
+            for hd in range(heads):
+                sl = slice(hd * dh, (hd + 1) * dh)
+                s = q[:, sl] @ k[:, sl].T / np.sqrt(dh)
+                s = np.where(np.tril(np.ones((L, L), bool)), s, -np.inf)
+                p = np.exp(s - s.max(-1, keepdims=True))
+                p /= p.sum(-1, keepdims=True)
+                o[:, sl] = p @ v[:, sl]
+            x = x + _dense(o, blk["attn"]["proj"])
+            x = x + _dense(_gelu(_dense(_layer_norm(x, blk["ln2"]), blk["up"])), blk["down"])
+        h = _layer_norm(x, P["ln_f"])
+        out[b] = (h @ emb.T)[:, :V] if tie else _dense(h, P["head"])
+    return out

@@ -1,0 +1,254 @@
+"""Tiny decoder-only transformers: Flax Linen modules, optax training in one
+`lax.scan`, ancestral sampling with a KV cache. One cell at a time; the
+engine vmaps cells (parameters, optimizer state, data and keys all carry the
+cells axis).
+
+Layout. A sequence of L tokens in [0, V) is read with BOS = V in front: the
+input at position t is BOS for t = 0, else token t - 1, and the output at t
+is the distribution of token t. So the first output is the model's start
+distribution, as for the n-gram family, and one forward pass scores all L
+tokens. Blocks are pre-norm: x + Attn(LN(x)), then x + MLP(LN(x)); attention
+is causal multi-head with one fused QKV projection; the MLP is
+Dense(mlp_ratio * d) -> GELU -> Dense(d). Token and learned position
+embeddings; the output is a Dense(V) head, or the token embedding's
+transpose when `tie` (BOS's logit dropped). Parameters are float32; `dtype`
+is the compute dtype (bfloat16 allowed on GPU); softmax, layer norms and the
+loss are float32.
+
+Why Linen: `init` and `apply` are pure functions of a parameter pytree, so a
+cells axis is one `jax.vmap` over parameters and optimizer state, with
+nothing to split or merge per call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from kernels import sampling
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The static shape of a model (every cell of a group shares it)."""
+
+    vocab_size: int  # V, output tokens; inputs add BOS = V
+    seq_len: int  # L
+    d_model: int = 64
+    layers: int = 2
+    heads: int = 4
+    mlp_ratio: int = 4
+    tie: bool = False
+    dtype: str = "float32"
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.heads
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+
+def _heads(x, arch: Arch):
+    """[B, T, d] -> [B, H, T, dh]."""
+    B, T, _ = x.shape
+    return x.reshape(B, T, arch.heads, arch.head_dim).transpose(0, 2, 1, 3)
+
+
+def _attend(q, k, v, mask, arch: Arch):
+    """Scaled dot-product attention, softmax in float32. q [B,H,T,dh], k/v [B,H,S,dh], mask [T,S]."""
+    s = jnp.einsum("bhtd,bhsd->bhts", q, k).astype(jnp.float32) / math.sqrt(arch.head_dim)
+    s = jnp.where(mask, s, -1e30)
+    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    o = jnp.einsum("bhts,bhsd->bhtd", p, v)
+    B, H, T, dh = o.shape
+    return o.transpose(0, 2, 1, 3).reshape(B, T, H * dh)
+
+
+class Attention(nn.Module):
+    arch: Arch
+
+    def setup(self):
+        dt = self.arch.compute_dtype
+        self.qkv = nn.Dense(3 * self.arch.d_model, dtype=dt)
+        self.proj = nn.Dense(self.arch.d_model, dtype=dt)
+
+    def __call__(self, x):
+        a = self.arch
+        q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
+        T = x.shape[1]
+        mask = jnp.tril(jnp.ones((T, T), bool))
+        return self.proj(_attend(_heads(q, a), _heads(k, a), _heads(v, a), mask, a))
+
+    def decode(self, x, pos, cache):
+        """One position: x [B, 1, d]; cache (k, v) [B, H, L, dh] holds positions < pos."""
+        a = self.arch
+        q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
+        ck, cv = cache
+        ck = jax.lax.dynamic_update_slice(ck, _heads(k, a).astype(ck.dtype), (0, 0, pos, 0))
+        cv = jax.lax.dynamic_update_slice(cv, _heads(v, a).astype(cv.dtype), (0, 0, pos, 0))
+        mask = (jnp.arange(a.seq_len) <= pos)[None, :]
+        return self.proj(_attend(_heads(q, a), ck, cv, mask, a)), (ck, cv)
+
+
+class Block(nn.Module):
+    arch: Arch
+
+    def setup(self):
+        a = self.arch
+        dt = a.compute_dtype
+        self.ln1 = nn.LayerNorm(dtype=jnp.float32)
+        self.attn = Attention(a)
+        self.ln2 = nn.LayerNorm(dtype=jnp.float32)
+        self.up = nn.Dense(a.mlp_ratio * a.d_model, dtype=dt)
+        self.down = nn.Dense(a.d_model, dtype=dt)
+
+    def _mlp(self, x):
+        return self.down(nn.gelu(self.up(self.ln2(x).astype(self.arch.compute_dtype))))
+
+    def __call__(self, x):
+        x = x + self.attn(self.ln1(x).astype(self.arch.compute_dtype)).astype(x.dtype)
+        return x + self._mlp(x).astype(x.dtype)
+
+    def decode(self, x, pos, cache):
+        h, cache = self.attn.decode(self.ln1(x).astype(self.arch.compute_dtype), pos, cache)
+        x = x + h.astype(x.dtype)
+        return x + self._mlp(x).astype(x.dtype), cache
+
+
+class Transformer(nn.Module):
+    arch: Arch
+
+    def setup(self):
+        a = self.arch
+        self.embed = nn.Embed(a.vocab_size + 1, a.d_model, embedding_init=nn.initializers.normal(0.02))
+        self.pos = self.param("pos", nn.initializers.normal(0.02), (a.seq_len, a.d_model))
+        self.blocks = [Block(a) for _ in range(a.layers)]
+        self.ln_f = nn.LayerNorm(dtype=jnp.float32)
+        if not a.tie:
+            self.head = nn.Dense(a.vocab_size, dtype=a.compute_dtype)
+
+    def _logits(self, h):
+        h = self.ln_f(h).astype(self.arch.compute_dtype)
+        if self.arch.tie:
+            return self.embed.attend(h)[..., : self.arch.vocab_size].astype(jnp.float32)
+        return self.head(h).astype(jnp.float32)
+
+    def __call__(self, tokens_BxL):
+        """Logits of every position, float32 [B, L, V] (position t: token t given tokens < t)."""
+        a = self.arch
+        B, L = tokens_BxL.shape
+        inputs = jnp.concatenate([jnp.full((B, 1), a.vocab_size, tokens_BxL.dtype), tokens_BxL[:, :-1]], axis=1)
+        x = self.embed(inputs).astype(jnp.float32) + self.pos[None, :L]
+        for block in self.blocks:
+            x = block(x)
+        return self._logits(x)
+
+    def decode(self, prev_B, pos, caches):
+        """Logits of position `pos` given the token before it (BOS at 0) and the caches."""
+        x = self.embed(prev_B[:, None]).astype(jnp.float32) + jax.lax.dynamic_slice_in_dim(self.pos, pos, 1)[None]
+        new = []
+        for block, cache in zip(self.blocks, caches):
+            x, cache = block.decode(x, pos, cache)
+            new.append(cache)
+        return self._logits(x)[:, 0], tuple(new)
+
+
+def init(arch: Arch, key) -> dict:
+    """Fresh parameters of one model."""
+    return Transformer(arch).init(key, jnp.zeros((1, arch.seq_len), jnp.int32))["params"]
+
+
+def logits(arch: Arch, params, tokens_BxL):
+    return Transformer(arch).apply({"params": params}, tokens_BxL)
+
+
+def nll(arch: Arch, params, tokens_BxL, weight_B=None):
+    """Mean negative log-likelihood per token (nats) over the weighted sequences."""
+    lg = logits(arch, params, tokens_BxL)
+    logp = jax.nn.log_softmax(lg, axis=-1)
+    tok_nll = -jnp.take_along_axis(logp, tokens_BxL[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    per_seq = jnp.mean(tok_nll, axis=-1)
+    if weight_B is None:
+        return jnp.mean(per_seq)
+    w = weight_B.astype(jnp.float32)
+    return jnp.sum(per_seq * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def optimizer(learning_rate, weight_decay, steps: int, warmup: int, schedule: str, clip: float):
+    """AdamW after global-norm clipping; `learning_rate` and `weight_decay` may
+    be traced (a sweep of them compiles once). schedule: 'cosine' (linear
+    warm-up, then cosine decay to 0 at `steps`) or 'constant' (after warm-up)."""
+    warmup = max(0, min(warmup, steps))
+
+    def lr(count):
+        c = count.astype(jnp.float32)
+        ramp = jnp.minimum(1.0, (c + 1.0) / max(warmup, 1)) if warmup else 1.0
+        if schedule == "cosine":
+            frac = jnp.clip((c - warmup) / max(steps - warmup, 1), 0.0, 1.0)
+            return learning_rate * ramp * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        return learning_rate * ramp
+
+    return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(lr, weight_decay=weight_decay))
+
+
+def train(arch: Arch, tx, params, key, rows_NxL, n_valid, steps: int, batch: int):
+    """`steps` AdamW steps on batches drawn uniformly (with replacement) from
+    the first `n_valid` rows; one lax.scan. Returns (params, losses [steps]).
+
+    The optimizer state starts fresh (a new run of AdamW and its schedule for
+    every generation, whether the parameters are fresh or continued)."""
+
+    def loss_fn(p, x):
+        return nll(arch, p, x)
+
+    def step(carry, i):
+        p, opt_state = carry
+        idx = jax.random.randint(jax.random.fold_in(key, i), (batch,), 0, jnp.maximum(n_valid, 1))
+        loss, grads = jax.value_and_grad(loss_fn)(p, rows_NxL[idx])
+        updates, opt_state = tx.update(grads, opt_state, p)
+        return (optax.apply_updates(p, updates), opt_state), loss
+
+    (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(steps))
+    return params, losses
+
+
+def init_caches(arch: Arch, n: int):
+    shape = (n, arch.heads, arch.seq_len, arch.head_dim)
+    return tuple((jnp.zeros(shape, arch.compute_dtype), jnp.zeros(shape, arch.compute_dtype)) for _ in range(arch.layers))
+
+
+def decode_step(arch: Arch, params, prev_N, pos, caches):
+    return Transformer(arch).apply({"params": params}, prev_N, pos, caches, method=Transformer.decode)
+
+
+def sample(arch: Arch, params, key, n: int, temperature, top_k, top_p):
+    """n sequences of L tokens, int32 [n, L], by ancestral sampling with a KV
+    cache: one lax.scan over positions, each token drawn through the same
+    filter (temperature, top-k, top-p) and integer CDF as the n-gram family.
+    Draws at position t are 31 bits from fold_in(key, t), so sequence j
+    depends only on (key, j)."""
+    V = arch.vocab_size
+    width = sampling.cdf_width(V)
+
+    def cdf(logits_V):
+        probs = jax.nn.softmax(logits_V.astype(jnp.float32))
+        return sampling.cdf_row(sampling.filter_probs(probs, temperature, top_k, top_p), width)
+
+    def step(carry, pos):
+        prev_N, caches = carry
+        logits_NxV, caches = decode_step(arch, params, prev_N, pos, caches)
+        cdf_NxW = jax.vmap(cdf)(logits_NxV)
+        r_N = sampling.draw_bits(jax.random.fold_in(key, pos), n)
+        tok_N = sampling.search_cdf(cdf_NxW.reshape(-1), jnp.arange(n, dtype=jnp.int32) * width, r_N, width)
+        return (tok_N, caches), tok_N
+
+    start = (jnp.full((n,), V, jnp.int32), init_caches(arch, n))
+    _, tokens_LxN = jax.lax.scan(step, start, jnp.arange(arch.seq_len))
+    return tokens_LxN.T

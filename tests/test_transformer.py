@@ -1,0 +1,142 @@
+"""kernels/transformer.py against a numpy reference, its KV cache, its
+sampling, vmap over cells, and that it learns a Markov source."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from collapse_sim.config import SourceConfig
+from collapse_sim.sources import build_source, entropy_rate
+from kernels import transformer as T
+from tests import reference
+
+
+def randomised(params, rng, scale=0.3):
+    """Parameters with every leaf redrawn (biases and norms included), so the
+    reference comparison exercises every term."""
+    return jax.tree.map(lambda x: jnp.asarray(rng.normal(0, scale, x.shape), jnp.float32) + (x if x.ndim == 1 else 0), params)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_forward_matches_numpy_reference(rng, tie):
+    arch = T.Arch(vocab_size=7, seq_len=6, d_model=16, layers=2, heads=4, mlp_ratio=2, tie=tie)
+    params = randomised(T.init(arch, jax.random.key(1)), rng)
+    tokens = rng.integers(0, 7, (5, 6))
+    got = np.asarray(T.logits(arch, params, jnp.asarray(tokens, jnp.int32)))
+    want = reference.transformer_logits(jax.device_get(params), tokens, 7, 4, tie)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_kv_cache_decoding_equals_full_recomputation(rng):
+    arch = T.Arch(vocab_size=9, seq_len=8, d_model=16, layers=3, heads=2)
+    params = randomised(T.init(arch, jax.random.key(2)), rng)
+    tokens = jnp.asarray(rng.integers(0, 9, (4, 8)), jnp.int32)
+    full = np.asarray(T.logits(arch, params, tokens))
+    caches = T.init_caches(arch, 4)
+    prev = jnp.full((4,), 9, jnp.int32)
+    for pos in range(8):
+        step, caches = T.decode_step(arch, params, prev, pos, caches)
+        np.testing.assert_allclose(np.asarray(step), full[:, pos], rtol=1e-5, atol=1e-5)
+        prev = tokens[:, pos]
+
+
+def known_logits_params(arch, logits_V):
+    """A model whose every output is `logits_V`: head kernel 0, head bias = logits."""
+    params = T.init(arch, jax.random.key(0))
+    params["head"] = {"kernel": jnp.zeros_like(params["head"]["kernel"]), "bias": jnp.asarray(logits_V, jnp.float32)}
+    return params
+
+
+def chi_square(counts, probs):
+    n = counts.sum()
+    return float(((counts - n * probs) ** 2 / (n * probs)).sum())
+
+
+def test_sampling_frequencies_match_known_logits():
+    """Tolerance: the chi-square statistic of each position's token counts
+    against softmax(logits), df = V - 1, must lie below df + 5 sd
+    (sd = sqrt(2 df)); the same statistic against a distribution with one
+    probability moved by 2 % must exceed it (the test has power)."""
+    V, L, n = 6, 4, 40_000
+    logits_V = np.array([1.5, 0.2, -0.7, 0.9, -2.0, 0.0])
+    probs = np.exp(logits_V) / np.exp(logits_V).sum()
+    arch = T.Arch(vocab_size=V, seq_len=L, d_model=8, layers=1, heads=2)
+    tokens = np.asarray(jax.jit(lambda k: T.sample(arch, known_logits_params(arch, logits_V), k, n, 1.0, 0, 1.0))(jax.random.key(3)))
+    df = V - 1
+    bound = df + 5 * np.sqrt(2 * df)
+    wrong = probs.copy()
+    wrong[0] -= 0.02
+    wrong[1] += 0.02
+    for pos in range(L):
+        counts = np.bincount(tokens[:, pos], minlength=V)
+        assert chi_square(counts, probs) < bound, (pos, counts)
+        assert chi_square(counts, wrong) > bound, pos
+
+
+def test_sampling_applies_temperature_and_top_k_like_the_ngram_family():
+    """Greedy (temperature 0) always draws the argmax; top-k = 2 draws only the two largest."""
+    V, L = 6, 3
+    logits_V = np.array([1.5, 0.2, -0.7, 0.9, -2.0, 0.0])
+    arch = T.Arch(vocab_size=V, seq_len=L, d_model=8, layers=1, heads=2)
+    params = known_logits_params(arch, logits_V)
+    greedy = np.asarray(T.sample(arch, params, jax.random.key(4), 500, 0.0, 0, 1.0))
+    assert (greedy == 0).all()
+    top2 = np.asarray(T.sample(arch, params, jax.random.key(5), 4000, 1.0, 2, 1.0))
+    assert set(np.unique(top2)) == {0, 3}
+
+
+def test_vmap_over_cells_equals_a_loop():
+    """Training and sampling batched over cells (vmap over parameters, data,
+    keys and a traced learning rate) equal one cell at a time within 1e-5."""
+    arch = T.Arch(vocab_size=5, seq_len=8, d_model=16, layers=2, heads=2)
+    n_cells, N = 3, 64
+    rng = np.random.default_rng(7)
+    rows = jnp.asarray(rng.integers(0, 5, (n_cells, N, 8)), jnp.int32)
+    n_valid = jnp.asarray([64, 40, 17], jnp.int32)
+    lrs = jnp.asarray([3e-3, 1e-3, 5e-3], jnp.float32)
+    keys = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(jax.random.key(0), i)))(jnp.arange(n_cells))
+
+    def cell(key_data, rows_NxL, nv, lr):
+        key = jax.random.wrap_key_data(key_data)
+        params = T.init(arch, jax.random.fold_in(key, 0))
+        tx = T.optimizer(lr, 0.01, steps=20, warmup=5, schedule="cosine", clip=1.0)
+        params, losses = T.train(arch, tx, params, jax.random.fold_in(key, 1), rows_NxL, nv, 20, 16)
+        sample = T.sample(arch, params, jax.random.fold_in(key, 2), 10, 1.0, 0, 1.0)
+        return losses, sample, T.logits(arch, params, probe)
+
+    # Parameters themselves are not compared element-wise: AdamW moves a
+    # parameter whose gradient is ~0 by about the learning rate in the
+    # direction of the gradient's sign, so last-bit differences in such a
+    # gradient (a batched matmul sums in another order) move it by ~1e-3
+    # without changing what the model computes. The model's outputs are compared.
+    probe = jnp.asarray(rng.integers(0, 5, (6, 8)), jnp.int32)
+    batched = jax.jit(jax.vmap(cell))(keys, rows, n_valid, lrs)
+    for i in range(n_cells):
+        one = jax.jit(cell)(keys[i], rows[i], n_valid[i], lrs[i])
+        np.testing.assert_allclose(np.asarray(batched[0][i]), np.asarray(one[0]), rtol=1e-5, atol=1e-6)  # every step's loss
+        np.testing.assert_allclose(np.asarray(batched[2][i]), np.asarray(one[2]), rtol=1e-5, atol=1e-5)  # the trained model
+        np.testing.assert_array_equal(np.asarray(batched[1][i]), np.asarray(one[1]))  # its samples
+
+
+def test_a_tiny_transformer_learns_an_order_1_markov_source():
+    """Trained on generation-0-sized data from an order-1 Markov world, the
+    held-out NLL is within 5 % of the source's exact entropy rate."""
+    src = build_source(SourceConfig(kind="markov", vocab_size=8, order=1, concentration=0.5, seed=3), 32, "test")
+    H = entropy_rate(src)
+    data = jnp.asarray(src.heldout(jax.random.key(10), 4000, 32), jnp.int32)
+    held = jnp.asarray(src.heldout(jax.random.key(11), 1000, 32), jnp.int32)
+    arch = T.Arch(vocab_size=8, seq_len=32, d_model=32, layers=2, heads=2, mlp_ratio=4)
+
+    @jax.jit
+    def run(key):
+        params = T.init(arch, key)
+        tx = T.optimizer(3e-3, 0.01, steps=600, warmup=50, schedule="cosine", clip=1.0)
+        params, losses = T.train(arch, tx, params, jax.random.fold_in(key, 1), data, 4000, 600, 64)
+        return T.nll(arch, params, held), losses
+
+    nll, losses = run(jax.random.key(12))
+    assert np.isfinite(np.asarray(losses)).all()
+    assert abs(float(nll) - H) < 0.05 * H, (float(nll), H)
