@@ -57,8 +57,36 @@ class RealConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     kind: str = "ngram"
-    order: int = 2
-    smoothing: float = 0.0
+    order: int = 2  # ngram
+    smoothing: float = 0.0  # ngram
+    d_model: int = 64  # transformer, from here on
+    layers: int = 2
+    heads: int = 4
+    mlp_ratio: int = 4
+    tie: bool = False  # output layer = the token embedding's transpose
+    steps: int = 500  # AdamW steps per generation
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.01
+    warmup: int = 50  # steps of linear warm-up
+    schedule: str = "cosine"  # cosine | constant (after warm-up)
+    grad_clip: float = 1.0  # global-norm clipping
+    init: str = "fresh"  # fresh | continue (fine-tune the previous generation's model)
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (GPU)
+
+
+# the model keys each family reads; the others cannot change a trajectory
+MODEL_KEYS = {
+    "ngram": ("order", "smoothing"),
+    "transformer": ("d_model", "layers", "heads", "mlp_ratio", "tie", "steps", "batch_size", "learning_rate",
+                    "weight_decay", "warmup", "schedule", "grad_clip", "init", "dtype"),
+}
+
+
+def unused_model_keys(kind: str) -> list[str]:
+    """Dotted model keys that the model family `kind` does not read."""
+    used = set(MODEL_KEYS.get(kind, ()))
+    return [f"model.{k}" for family in MODEL_KEYS.values() for k in family if k not in used]
 
 
 @dataclass(frozen=True)
@@ -169,6 +197,10 @@ def _coerce(where: str, key: str, value: Any, label: str | None = None) -> Any:
         if not math.isfinite(value):
             raise bad("a finite number")
         return float(value)
+    if ftype == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
     if ftype == "str":
         if not isinstance(value, str):
             raise bad("a string")
@@ -361,9 +393,11 @@ def validate(where: str, cfg: Config, explicit_vocab: bool = True, swept: dict |
     req(real.seq_len >= 1, "real.seq_len", f"must be >= 1, got {real.seq_len}")
     req(real.heldout >= 1, "real.heldout", f"must be >= 1, got {real.heldout}")
     model = cfg.model
+    req(model.kind in MODEL_KINDS + ("transformer",), "model.kind", f"must be ngram or transformer, got {model.kind!r}")
     if model.kind == "transformer":
-        req(False, "model.kind", "transformer models are not available yet; use ngram")
-    req(model.kind in MODEL_KINDS, "model.kind", f"must be ngram (or transformer), got {model.kind!r}")
+        _validate_transformer(req, model)
+        req(False, "model.kind", "the engine does not run transformer models yet (the kernels exist; "
+            "the engine, corpus and metrics for them are in progress); use ngram")
     req(model.order >= 1, "model.order", f"must be >= 1, got {model.order}")
     req(model.smoothing >= 0, "model.smoothing", f"must be >= 0, got {model.smoothing}")
     req(
@@ -403,6 +437,20 @@ def validate(where: str, cfg: Config, explicit_vocab: bool = True, swept: dict |
     ck = cfg.checkpoint
     req(ck.every >= 0, "checkpoint.every", f"must be >= 0, got {ck.every}")
     req(ck.keep >= 1, "checkpoint.keep", f"must be >= 1, got {ck.keep}")
+
+
+def _validate_transformer(req, model: ModelConfig) -> None:
+    for key in ("d_model", "layers", "heads", "mlp_ratio", "steps", "batch_size"):
+        req(getattr(model, key) >= 1, f"model.{key}", f"must be >= 1, got {getattr(model, key)}")
+    req(model.d_model % model.heads == 0, "model.heads",
+        f"must divide model.d_model = {model.d_model} (heads split it), got {model.heads}")
+    req(model.learning_rate > 0, "model.learning_rate", f"must be > 0, got {model.learning_rate}")
+    req(model.weight_decay >= 0, "model.weight_decay", f"must be >= 0, got {model.weight_decay}")
+    req(model.warmup >= 0, "model.warmup", f"must be >= 0, got {model.warmup}")
+    req(model.grad_clip > 0, "model.grad_clip", f"must be > 0, got {model.grad_clip}")
+    req(model.schedule in ("cosine", "constant"), "model.schedule", f"must be cosine or constant, got {model.schedule!r}")
+    req(model.init in ("fresh", "continue"), "model.init", f"must be fresh or continue, got {model.init!r}")
+    req(model.dtype in ("float32", "bfloat16"), "model.dtype", f"must be float32 or bfloat16, got {model.dtype!r}")
 
 
 def real_count(real_fraction: float, train_sequences: int) -> int:
@@ -456,13 +504,16 @@ def trajectory_dict(cfg: Config, source_digest: str) -> dict:
     """The keys a cell's random streams depend on, canonicalised (DESIGN §7.1).
 
     Keys that cannot change the trajectory (name, replicates, generations,
-    checkpoint, real.heldout, unused policy parameters) are left out; the
+    checkpoint, real.heldout, unused policy parameters, the keys of the other
+    model family) are left out; the
     source is identified by the digest of its content (the text, or the exact
     table of a categorical/markov world), not by the keys that made it.
     """
     d = cfg.to_dict()
     for k in ("name", "replicates", "generations", "sweep", "checkpoint"):
         d.pop(k)
+    for key in unused_model_keys(cfg.model.kind):
+        d["model"].pop(key.split(".", 1)[1])
     d["source"] = {"kind": d["source"]["kind"], "content": source_digest}  # the digest is the world
     d["real"].pop("heldout")  # the yardstick, not the trajectory
     if d["corpus"]["policy"] not in ("mix", "fresh"):

@@ -135,9 +135,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def fingerprint(cfg: Config, source_digests: list[str]) -> dict:
     """Every key that shapes a run's results, flattened to dotted keys (the
     sweep as ``sweep.<key>``), with the content digest of each source. Not
-    included: FREE_KEYS and `generations` (extended with --generations)."""
+    included: FREE_KEYS, `generations` (extended with --generations) and the
+    model keys of the other family."""
+    from collapse_sim.config import unused_model_keys
+
     flat = _flat(cfg.to_dict())
-    for key in FREE_KEYS + ("generations",):
+    for key in FREE_KEYS + ("generations",) + tuple(unused_model_keys(cfg.model.kind)):
         flat.pop(key, None)
     flat["source.content"] = sorted(set(source_digests))
     return json.loads(json.dumps(flat))  # tuples as lists, as they come back from JSON

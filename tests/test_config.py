@@ -49,7 +49,14 @@ def test_sweep_grid_is_the_product(tmp_path):
     ("sweep: {corpus.polcy: [replace]}\n", "sweep.corpus.polcy", "did you mean corpus.policy"),
     ("sweep: {corpus.real_fraction: [0.1, 2.0]}\ncorpus: {policy: mix}\n", "sweep.corpus.real_fraction", "value 2.0"),
     ("sweep: {replicates: [1, 2]}\n", "sweep.replicates", "cannot be swept"),
-    ("model: {kind: transformer}\n", "model.kind", "not available yet"),
+    ("model: {kind: transformer}\n", "model.kind", "does not run transformer models yet"),
+    ("model: {kind: transformer, d_model: 30, heads: 4}\n", "model.heads", "must divide model.d_model"),
+    ("model: {kind: transformer, init: warm}\n", "model.init", "fresh or continue"),
+    ("model: {kind: transformer, tie: 1}\n", "model.tie", "expected true or false"),
+    ("model: {kind: transformer, learning_rate: 0}\n", "model.learning_rate", "must be > 0"),
+    ("model: {kind: transformer, dtype: float16}\n", "model.dtype", "float32 or bfloat16"),
+    ("model: {kind: transformer, schedule: linear}\n", "model.schedule", "cosine or constant"),
+    ("model: {kind: lstm}\n", "model.kind", "must be ngram or transformer"),
     ("model: 3\n", "model", "expected a mapping"),
 ])
 def test_bad_input_names_the_key(tmp_path, text, key, fragment):
@@ -82,6 +89,19 @@ def test_trajectory_identity_ignores_what_cannot_change_it(tmp_path):
     c = config.load(None, ["corpus.policy=mix", "corpus.real_fraction=0.3", "generate.sequences=2000"])
     d = config.load(None, ["corpus.policy=mix", "corpus.real_fraction=0.7", "generate.sequences=2000"])
     assert config.stable_hash(config.trajectory_dict(c, "d")) != config.stable_hash(config.trajectory_dict(d, "d"))
+
+
+def test_keys_of_the_other_model_family_do_not_change_an_identity(tmp_path):
+    """An n-gram cell's trajectory (and a run's fingerprint) ignore transformer
+    keys, so adding them to the config left every n-gram result unchanged."""
+    from collapse_sim import rundir
+
+    base = config.load(write(tmp_path, "name: x\n"))
+    other = config.load(write(tmp_path, "name: x\n"), ["model.d_model=128", "model.learning_rate=0.1"])
+    assert config.trajectory_dict(base, "d")["model"] == {"kind": "ngram", "order": 2, "smoothing": 0.0}
+    assert config.trajectory_dict(other, "d") == config.trajectory_dict(base, "d")
+    assert rundir.fingerprint(other, ["d"]) == rundir.fingerprint(base, ["d"])
+    assert "model.d_model" not in rundir.fingerprint(base, ["d"])
 
 
 def test_floats_in_exponent_notation(tmp_path):
