@@ -65,6 +65,18 @@ def keeps_real(policy: str) -> bool:
     return policy in ("accumulate_subsample", "mix")
 
 
+def state_shapes(policy, real_sequences, seq_len, cap, contexts, vocab_size, dtype) -> CorpusState:
+    """(shape, dtype) of each field of one cell's state, as `init_state` makes it."""
+    real_rows = real_sequences if keeps_real(policy) else 0
+    count_rows = contexts if policy in COUNT_POLICIES else 0
+    return CorpusState(
+        ((real_rows, seq_len), np.dtype(dtype)),
+        ((cap, seq_len), np.dtype(dtype)),
+        ((), np.dtype(np.int32)),
+        ((count_rows, vocab_size), np.dtype(np.int32)),
+    )
+
+
 def init_state(policy, real_NxL, order, vocab_size, cap, dtype):
     """Corpus state after R is drawn (before S_0 is admitted)."""
     N0, L = real_NxL.shape

@@ -54,6 +54,12 @@ class GroupSpec:
     def dtype(self):
         return corpus.token_dtype(self.vocab_size)
 
+    def state_shapes(self, capacity: int | None = None) -> corpus.CorpusState:
+        """(shape, dtype) of each field of one cell's corpus state (synth
+        buffer of `capacity` rows, default the group's)."""
+        cap = self.capacity if capacity is None else capacity
+        return corpus.state_shapes(self.policy, self.real_sequences, self.seq_len, cap, self.contexts, self.vocab_size, self.dtype)
+
     def metric_names(self) -> list[str]:
         names = ["heldout_nll"]
         if self.has_truth:

@@ -351,16 +351,8 @@ def snapshot(plan: Plan, chunks: list[Chunk]) -> list[dict[str, np.ndarray]]:
         parts, gens = [], []
         for c in (c for c in chunks if c.group == gi):
             n = c.stop - c.start
-            if c.state is None:
-                spec = group.spec
-                real_rows = spec.real_sequences if corpus.keeps_real(spec.policy) else 0
-                rows = spec.contexts if spec.policy in corpus.COUNT_POLICIES else 0
-                state = corpus.CorpusState(
-                    np.zeros((n, real_rows, spec.seq_len), spec.dtype),
-                    np.zeros((n, 0, spec.seq_len), spec.dtype),
-                    np.zeros(n, np.int32),
-                    np.zeros((n, rows, spec.vocab_size), np.int32),
-                )
+            if c.state is None:  # zeros; an empty synth buffer packs to no rows
+                state = corpus.CorpusState(*(np.zeros((n, *shape), dt) for shape, dt in group.spec.state_shapes(capacity=0)))
             else:
                 state = c.state
             parts.append(corpus.to_host(corpus.CorpusState(*(_host_parts(a, n) for a in state))))
@@ -393,10 +385,7 @@ def next_stop(done: int, every: int, generations: int) -> int:
 
 def state_bytes(spec: GroupSpec) -> int:
     """Bytes of one cell's corpus state (what stays resident between blocks)."""
-    item = np.dtype(spec.dtype).itemsize
-    real_rows = spec.real_sequences if corpus.keeps_real(spec.policy) else 0
-    counts = 4 * spec.contexts * spec.vocab_size if spec.policy in corpus.COUNT_POLICIES else 0
-    return item * spec.seq_len * (real_rows + spec.capacity) + counts + 4
+    return sum(int(np.prod(shape)) * dt.itemsize for shape, dt in spec.state_shapes())
 
 
 def run_plan(

@@ -105,3 +105,14 @@ def test_admit():
 
 def test_token_dtype():
     assert corpus.token_dtype(256) == np.uint8 and corpus.token_dtype(257) == np.uint16
+
+
+@pytest.mark.parametrize("policy", ["replace", "accumulate", "accumulate_subsample", "mix", "fresh"])
+def test_state_shapes_describe_init_state(policy):
+    """The shapes the scheduler plans with (memory, empty cells in a
+    checkpoint) are those init_state makes."""
+    real = jnp.zeros((7, 5), jnp.int32)
+    state = corpus.init_state(policy, real, 2, 4, 11, np.uint8)
+    want = corpus.state_shapes(policy, 7, 5, 11, 5, 4, np.uint8)
+    for a, (shape, dt) in zip(state, want):
+        assert a.shape == shape and a.dtype == dt
