@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from collapse_sim.results import METRICS_DIR, file_crc32
+from collapse_sim.results import METRICS_DIR, PART_RE, file_crc32
 
 CKPT_DIR = "checkpoints"
 UNUSABLE_DIR = "unusable-checkpoints"
@@ -233,7 +233,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Listed]:
 def _check_parts(run_dir: Path, manifest: dict) -> None:
     for part in manifest["parts"]:
         name = part["name"]
-        if not re.fullmatch(r"part-\d{5,}\.parquet", name):
+        if not PART_RE.fullmatch(name):
             raise Unusable(f"its metrics manifest names an unexpected file {name!r}")
         path = run_dir / METRICS_DIR / name
         if not path.is_file():
@@ -298,25 +298,13 @@ def newest_usable(run_dir: str | Path) -> tuple[int | None, dict | None, list | 
 
 def set_aside(run_dir: str | Path, step: int) -> Path:
     """Move an unusable checkpoint out of orbax's directory (nothing is deleted)."""
+    from collapse_sim.rundir import stamped_path
+
     run_dir = Path(run_dir)
-    dest_root = run_dir / UNUSABLE_DIR
-    dest_root.mkdir(exist_ok=True)
-    dest = dest_root / f"{step}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    i = 2
-    while dest.exists():
-        dest = dest_root / f"{step}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{i}"
-        i += 1
+    (run_dir / UNUSABLE_DIR).mkdir(exist_ok=True)
+    dest = stamped_path(run_dir / UNUSABLE_DIR, str(step))
     shutil.move(str(run_dir / CKPT_DIR / str(step)), str(dest))
     return dest
-
-
-def remove_partial(run_dir: str | Path) -> None:
-    """Temporary directories of saves that were cut short (orbax's own names)."""
-    root = Path(run_dir) / CKPT_DIR
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.is_dir() and ".orbax-checkpoint-tmp" in p.name:
-                shutil.rmtree(p, ignore_errors=True)
 
 
 def size_on_disk(run_dir: str | Path) -> int:

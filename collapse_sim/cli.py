@@ -20,7 +20,7 @@ import traceback
 from datetime import datetime
 from pathlib import Path
 
-from collapse_sim.rundir import CONFIG_FILE, FORMAT_VERSION, RUN_FILE, UserError, write_json as _write_json  # noqa: F401
+from collapse_sim.rundir import CONFIG_FILE, FORMAT_VERSION, RUN_FILE, UserError, stamped_path, write_json as _write_json
 
 
 def configure_host_devices() -> None:
@@ -62,14 +62,8 @@ def configure_compilation_cache() -> None:
 
 
 def _default_out(name: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "run"  # a name is never a path
-    out = Path("runs") / f"{name}-{stamp}"
-    i = 2
-    while out.exists():
-        out = Path("runs") / f"{name}-{stamp}-{i}"
-        i += 1
-    return out
+    return stamped_path(Path("runs"), name)
 
 
 def _check_run_dir(out: Path) -> None:
@@ -352,7 +346,6 @@ def _resume(args, out, info, cfgmod, checkpoint, results, rundir) -> int:
     for s, why in unusable:
         dest = checkpoint.set_aside(out, s)
         print(f"collapse-sim: checkpoint {s} is unusable ({why}); moved to {dest}", file=sys.stderr)
-    checkpoint.remove_partial(out)
     manifest = meta["metrics"] if meta else {"parts": [], "rows": 0}
     n_parts, n_rows = results.prune(out, manifest)
     if target != info["generations"]:

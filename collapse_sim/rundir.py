@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 
 from collapse_sim.config import Config
@@ -35,6 +36,15 @@ FREE_KEYS = ("name", "checkpoint.every", "checkpoint.keep")
 
 class UserError(Exception):
     """A mistake of the user's that is not in a config (paths, run dirs)."""
+
+
+def stamped_path(parent: Path, name: str) -> Path:
+    """parent/<name>-<YYYYmmdd-HHMMSS>, with -2, -3, ... added if that exists."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, i = parent / f"{name}-{stamp}", 2
+    while path.exists():
+        path, i = parent / f"{name}-{stamp}-{i}", i + 1
+    return path
 
 
 def write_json(path: Path, obj: dict) -> None:
