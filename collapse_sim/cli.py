@@ -179,7 +179,7 @@ def _execute(out: Path, cfg, plan, info: dict, quiet: bool, chunks=None, parts=N
         writer = results.MetricsWriter(out, parts=parts)
         ckpt = checkpoint.Checkpointer(out, cfg.checkpoint.keep)
     except (checkpoint.SaveError, OSError) as e:
-        raise UserError(str(e) if isinstance(e, checkpoint.SaveError) else f"{out}: cannot write ({e.strerror or e})") from None
+        raise UserError(_write_problem(out, e)) from None
     save = checkpoint.saver(ckpt, writer, plan, info["fingerprint"])
 
     progress = _Progress(remaining, plan.n_cells, G, quiet)
@@ -194,18 +194,14 @@ def _execute(out: Path, cfg, plan, info: dict, quiet: bool, chunks=None, parts=N
             progress.close()
             ckpt.close()  # the last save is on disk before we say anything
         writer.close()
-    except (checkpoint.SaveError, OSError) as e:
+    except BaseException as e:
         progress.close()
         _finish_quietly(ckpt, writer)
-        info.update(status="failed", error=str(e))
+        disk = isinstance(e, (checkpoint.SaveError, OSError))
+        info.update(status="failed", **({"error": str(e)} if disk else {}))
         _write_json(out / RUN_FILE, info)
-        reason = str(e) if isinstance(e, checkpoint.SaveError) else f"{out}: cannot write ({e.strerror or e})"
-        raise UserError(f"{reason}. Fix it, then continue with: collapse-sim resume {out}") from None
-    except BaseException:
-        progress.close()
-        _finish_quietly(ckpt, writer)
-        info["status"] = "failed"
-        _write_json(out / RUN_FILE, info)
+        if disk:
+            raise UserError(f"{_write_problem(out, e)}. Fix it, then continue with: collapse-sim resume {out}") from None
         raise
     seconds = time.perf_counter() - t0
     info["seconds"] = round(info.get("seconds", 0) + seconds, 3)
@@ -239,6 +235,11 @@ def _at_text(at: dict) -> str:
     return ", ".join(f"{n:,} cells " + ("not started" if g == "-1" else f"at generation {g}") for g, n in at.items())
 
 
+def _write_problem(out: Path, e: Exception) -> str:
+    """One line for a failed write: a checkpoint's own message, or the OS error."""
+    return str(e) if not isinstance(e, OSError) else f"{out}: cannot write ({e.strerror or e})"
+
+
 def _finish_quietly(ckpt, writer) -> None:
     """After a failure: let a save in flight finish (or fail) and keep what rows we can."""
     for close in (ckpt.close, writer.close):
@@ -254,6 +255,7 @@ def cmd_run(args) -> int:
     cfg = cfgmod.load(args.config, args.set or [])
     out = Path(args.out) if args.out else _default_out(cfg.name)
     _check_run_dir(out)
+    configure_compilation_cache()
 
     from collapse_sim import scheduler
 
@@ -285,19 +287,22 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from collapse_sim import checkpoint, config as cfgmod, results, rundir
+    from collapse_sim import rundir
 
     out = Path(args.run_dir)
     info = rundir.read_info(out)
     lock = rundir.RunLock(out)
     lock.acquire()
     try:
-        return _resume(args, out, info, cfgmod, checkpoint, results, rundir)
+        return _resume(args, out, info)
     finally:
         lock.release()
 
 
-def _resume(args, out, info, cfgmod, checkpoint, results, rundir) -> int:
+def _resume(args, out: Path, info: dict) -> int:
+    from collapse_sim import checkpoint, config as cfgmod, results, rundir
+
+    configure_compilation_cache()
     where = str(out / CONFIG_FILE)
     cfg = cfgmod.load(out / CONFIG_FILE)
     if cfg.generations != info["generations"]:
@@ -505,7 +510,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     configure_host_devices()
-    configure_compilation_cache()
     from collapse_sim.config import ConfigError
 
     try:

@@ -21,7 +21,6 @@ import yaml
 
 POLICIES = ("replace", "accumulate", "accumulate_subsample", "mix", "fresh")
 SOURCE_KINDS = ("categorical", "markov", "text")
-MODEL_KINDS = ("ngram",)
 # keys whose values do not change a cell's trajectory, and so cannot be swept
 MAX_VOCAB = 1 << 20  # tokens; a larger vocabulary cannot hold even a unigram table per cell
 UNSWEPT = ("name", "replicates", "generations", "checkpoint.every", "checkpoint.keep")
@@ -81,6 +80,9 @@ MODEL_KEYS = {
     "transformer": ("d_model", "layers", "heads", "mlp_ratio", "tie", "steps", "batch_size", "learning_rate",
                     "weight_decay", "warmup", "schedule", "grad_clip", "init", "dtype"),
 }
+
+
+MODEL_KINDS = tuple(MODEL_KEYS)
 
 
 def unused_model_keys(kind: str) -> list[str]:
@@ -393,7 +395,7 @@ def validate(where: str, cfg: Config, explicit_vocab: bool = True, swept: dict |
     req(real.seq_len >= 1, "real.seq_len", f"must be >= 1, got {real.seq_len}")
     req(real.heldout >= 1, "real.heldout", f"must be >= 1, got {real.heldout}")
     model = cfg.model
-    req(model.kind in MODEL_KINDS + ("transformer",), "model.kind", f"must be ngram or transformer, got {model.kind!r}")
+    req(model.kind in MODEL_KINDS, "model.kind", f"must be ngram or transformer, got {model.kind!r}")
     if model.kind == "transformer":
         _validate_transformer(req, model)
         req(False, "model.kind", "the engine does not run transformer models yet (the kernels exist; "
