@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -197,8 +198,6 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path
     assert run_cli("run", write(tmp_path, TWO), "--out", out, "--quiet") == 0
     # as if killed before any checkpoint: no checkpoints, some parts, status running
     for step in checkpoint.step_dirs(out):
-        import shutil
-
         shutil.rmtree(out / "checkpoints" / str(step))
     info = json.loads((out / "run.json").read_text())
     rundir.write_json(out / "run.json", dict(info, status="running"))
