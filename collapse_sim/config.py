@@ -398,16 +398,15 @@ def validate(where: str, cfg: Config, explicit_vocab: bool = True, swept: dict |
     req(model.kind in MODEL_KINDS, "model.kind", f"must be ngram or transformer, got {model.kind!r}")
     if model.kind == "transformer":
         _validate_transformer(req, model)
-        req(False, "model.kind", "the engine does not run transformer models yet (the kernels exist; "
-            "the engine, corpus and metrics for them are in progress); use ngram")
-    req(model.order >= 1, "model.order", f"must be >= 1, got {model.order}")
-    req(model.smoothing >= 0, "model.smoothing", f"must be >= 0, got {model.smoothing}")
-    req(
-        model.order - 1 < cfg.real.seq_len,
-        "model.order",
-        f"an order-{model.order} model conditions on {model.order - 1} tokens, so it needs "
-        f"real.seq_len > {model.order - 1} (got {cfg.real.seq_len}) to ever see a full context",
-    )
+    else:
+        req(model.order >= 1, "model.order", f"must be >= 1, got {model.order}")
+        req(model.smoothing >= 0, "model.smoothing", f"must be >= 0, got {model.smoothing}")
+        req(
+            model.order - 1 < cfg.real.seq_len,
+            "model.order",
+            f"an order-{model.order} model conditions on {model.order - 1} tokens, so it needs "
+            f"real.seq_len > {model.order - 1} (got {cfg.real.seq_len}) to ever see a full context",
+        )
     gen = cfg.generate
     req(gen.sequences >= 1, "generate.sequences", f"must be >= 1, got {gen.sequences}")
     req(gen.temperature >= 0, "generate.temperature", f"must be >= 0, got {gen.temperature}")

@@ -19,6 +19,13 @@ G = generations, C x V the n-gram table):
 Only accumulate_subsample grows with the number of generations. For the two
 count policies the counts are sufficient statistics of the training set, so
 no tokens are kept: S_g is counted once, when it is admitted.
+
+A neural model (`counts=False`) has no sufficient statistics: it trains on
+tokens, so `replace` keeps S_{g-1} (k x L, like mix) and `accumulate` keeps
+R and every S_g ((N0 + (G + 1) k) x L, like accumulate_subsample).
+`training_rows` hands the trainer a row-fetch function over T_g instead of
+counts. Under `model.init: continue` the state also carries the previous
+generation's parameters (`model`, the leaves of the parameter tree).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import numpy as np
 from kernels import ngram
 
 SELECT, FRESH = 1, 2  # key purposes under a generation's key (0 is sampling)
+MODEL_PREFIX = "param_"  # checkpoint names of the parameter leaves a state carries
 
 
 class CorpusState(NamedTuple):
@@ -39,6 +47,7 @@ class CorpusState(NamedTuple):
     synth: jax.Array  # [capacity, L] generated sequences
     n_synth: jax.Array  # int32: valid rows of synth (accumulate: sequences admitted so far)
     counts: jax.Array  # [C, V] int32: counts of T_{g+1} for the count policies ([0, V] otherwise)
+    model: tuple = ()  # the previous model's parameter leaves (transformer, init: continue)
 
 
 def token_dtype(vocab_size: int):
@@ -52,41 +61,55 @@ def token_dtype(vocab_size: int):
 COUNT_POLICIES = ("replace", "accumulate")  # T_g's counts are kept, not its tokens
 
 
-def capacity(policy: str, gen_capacity: int, generations: int) -> int:
-    """Rows of the synth buffer a policy needs for a whole run."""
-    if policy in COUNT_POLICIES:
+def keeps_counts(policy: str, counts: bool = True) -> bool:
+    """Whether T_g lives as counts: the count policies of a count model."""
+    return counts and policy in COUNT_POLICIES
+
+
+def capacity(policy: str, gen_capacity: int, generations: int, counts: bool = True) -> int:
+    """Rows of the synth buffer a policy needs for a whole run (`counts`:
+    the model is trained from counts, the n-gram family)."""
+    if keeps_counts(policy, counts):
         return 0
-    if policy == "accumulate_subsample":
+    if policy in ("accumulate_subsample", "accumulate"):
         return (generations + 1) * gen_capacity
     return gen_capacity
 
 
-def keeps_real(policy: str) -> bool:
-    return policy in ("accumulate_subsample", "mix")
+def keeps_real(policy: str, counts: bool = True) -> bool:
+    return policy in ("accumulate_subsample", "mix") or (policy == "accumulate" and not counts)
 
 
-def state_shapes(policy, real_sequences, seq_len, cap, contexts, vocab_size, dtype) -> CorpusState:
-    """(shape, dtype) of each field of one cell's state, as `init_state` makes it."""
-    real_rows = real_sequences if keeps_real(policy) else 0
-    count_rows = contexts if policy in COUNT_POLICIES else 0
+def state_shapes(policy, real_sequences, seq_len, cap, contexts, vocab_size, dtype, counts=True, model=()) -> CorpusState:
+    """(shape, dtype) of each field of one cell's state, as `init_state` makes
+    it; `model`: (shape, dtype) of each parameter leaf carried."""
+    real_rows = real_sequences if keeps_real(policy, counts) else 0
+    count_rows = contexts if keeps_counts(policy, counts) else 0
     return CorpusState(
         ((real_rows, seq_len), np.dtype(dtype)),
         ((cap, seq_len), np.dtype(dtype)),
         ((), np.dtype(np.int32)),
         ((count_rows, vocab_size), np.dtype(np.int32)),
+        tuple((tuple(shape), np.dtype(dt)) for shape, dt in model),
     )
 
 
-def init_state(policy, real_NxL, order, vocab_size, cap, dtype):
+def zeros(shapes: CorpusState, n: int) -> CorpusState:
+    """A batch of n all-zero states of the given `state_shapes`."""
+    z = lambda sd: np.zeros((n, *sd[0]), sd[1])  # noqa: E731
+    return CorpusState(*(z(sd) for sd in shapes[:4]), tuple(z(sd) for sd in shapes.model))
+
+
+def init_state(policy, real_NxL, order, vocab_size, cap, dtype, counts=True, model=()):
     """Corpus state after R is drawn (before S_0 is admitted)."""
     N0, L = real_NxL.shape
-    counts = jnp.zeros((0, vocab_size), jnp.int32)
-    if policy == "accumulate":
-        counts = ngram.fit_counts(real_NxL, jnp.ones(N0, jnp.int32), order, vocab_size)
-    elif policy == "replace":
-        counts = jnp.zeros((ngram.num_contexts(order, vocab_size), vocab_size), jnp.int32)
-    real = real_NxL.astype(dtype) if keeps_real(policy) else jnp.zeros((0, L), dtype)
-    return CorpusState(real, jnp.zeros((cap, L), dtype), jnp.int32(0), counts)
+    table = jnp.zeros((0, vocab_size), jnp.int32)
+    if keeps_counts(policy, counts) and policy == "accumulate":
+        table = ngram.fit_counts(real_NxL, jnp.ones(N0, jnp.int32), order, vocab_size)
+    elif keeps_counts(policy, counts):
+        table = jnp.zeros((ngram.num_contexts(order, vocab_size), vocab_size), jnp.int32)
+    real = real_NxL.astype(dtype) if keeps_real(policy, counts) else jnp.zeros((0, L), dtype)
+    return CorpusState(real, jnp.zeros((cap, L), dtype), jnp.int32(0), table, tuple(model))
 
 
 def _top_rows(key, n_valid, size, take):
@@ -103,20 +126,13 @@ def _top_rows(key, n_valid, size, take):
     return jax.lax.top_k(score, take)[1]
 
 
-def training_counts(policy, state, key, real_count, train_sequences, real_sequences, order, vocab_size, fresh_fn):
-    """Counts of T_g for g >= 1, and (real tokens, total tokens) of T_g.
-
-    real_count: int32 r = round(rho * m) (mix / fresh).
-    fresh_fn: key, n -> n fresh real sequences (fresh only).
-    """
+def _selection(policy, state, key, real_count, train_sequences, real_sequences, fresh_fn):
+    """The rows of T_g for the selecting policies (accumulate_subsample, mix,
+    fresh): (rows, weight 0/1 per row, real tokens, total tokens)."""
     N0, L = real_sequences, state.synth.shape[1]
     cap = state.synth.shape[0]
     m = train_sequences
     select_key = jax.random.fold_in(key, SELECT)
-    if policy == "replace":
-        return state.counts, jnp.int32(0), state.n_synth * L
-    if policy == "accumulate":
-        return state.counts, jnp.int32(N0 * L), (N0 + state.n_synth) * L
     if policy == "accumulate_subsample":
         idx = _top_rows(select_key, N0 + state.n_synth, N0 + cap, m)
         from_real = idx < N0
@@ -125,8 +141,7 @@ def training_counts(policy, state, key, real_count, train_sequences, real_sequen
             state.real[jnp.clip(idx, 0, N0 - 1)],
             state.synth[jnp.clip(idx - N0, 0, cap - 1)],
         )
-        counts = ngram.fit_counts(rows, jnp.ones(m, jnp.int32), order, vocab_size)
-        return counts, jnp.sum(from_real).astype(jnp.int32) * L, jnp.int32(m * L)
+        return rows, jnp.ones(m, jnp.int32), jnp.sum(from_real).astype(jnp.int32) * L, jnp.int32(m * L)
     # mix / fresh: r real sequences and m - r generated ones
     take_s = min(m, cap)
     s_idx = _top_rows(select_key, state.n_synth, cap, take_s)
@@ -141,21 +156,66 @@ def training_counts(policy, state, key, real_count, train_sequences, real_sequen
         r_rows = fresh_fn(jax.random.fold_in(key, FRESH), m)
     r_w = (jnp.arange(take_r) < real_count).astype(jnp.int32)
     rows = jnp.concatenate([r_rows.astype(state.synth.dtype), s_rows])
-    counts = ngram.fit_counts(rows, jnp.concatenate([r_w, s_w]), order, vocab_size)
-    return counts, real_count * L, jnp.int32(m * L)
+    return rows, jnp.concatenate([r_w, s_w]), real_count * L, jnp.int32(m * L)
+
+
+def training_counts(policy, state, key, real_count, train_sequences, real_sequences, order, vocab_size, fresh_fn):
+    """Counts of T_g for g >= 1, and (real tokens, total tokens) of T_g.
+
+    real_count: int32 r = round(rho * m) (mix / fresh).
+    fresh_fn: key, n -> n fresh real sequences (fresh only).
+    """
+    N0, L = real_sequences, state.synth.shape[1]
+    if policy == "replace":
+        return state.counts, jnp.int32(0), state.n_synth * L
+    if policy == "accumulate":
+        return state.counts, jnp.int32(N0 * L), (N0 + state.n_synth) * L
+    rows, weight, real_tokens, train_tokens = _selection(policy, state, key, real_count, train_sequences, N0, fresh_fn)
+    return ngram.fit_counts(rows, weight, order, vocab_size), real_tokens, train_tokens
+
+
+def training_rows(policy, state, key, real_count, train_sequences, real_sequences, fresh_fn):
+    """T_g for g >= 1 as rows to train on, for a model that trains on tokens:
+    (fetch, n, real tokens, total tokens), where fetch(idx) gives the rows
+    idx (int32 [B], each in [0, n)) of T_g, int32 [B, L].
+
+    replace and accumulate read the buffers in place (no copy of C_g per
+    generation); the selecting policies gather their m rows once, with the
+    real rows of mix / fresh first and the generated ones after them.
+    """
+    N0, L = real_sequences, state.synth.shape[1]
+    cap = state.synth.shape[0]
+    as_int = lambda rows: rows.astype(jnp.int32)  # noqa: E731
+    if policy == "replace":
+        return (lambda idx: as_int(state.synth[idx])), state.n_synth, jnp.int32(0), state.n_synth * L
+    if policy == "accumulate":
+        def fetch(idx):
+            real = state.real[jnp.clip(idx, 0, N0 - 1)]
+            synth = state.synth[jnp.clip(idx - N0, 0, cap - 1)]
+            return as_int(jnp.where((idx < N0)[:, None], real, synth))
+
+        return fetch, N0 + state.n_synth, jnp.int32(N0 * L), (N0 + state.n_synth) * L
+    rows, weight, real_tokens, train_tokens = _selection(policy, state, key, real_count, train_sequences, N0, fresh_fn)
+    m = train_sequences
+    if policy != "accumulate_subsample":  # compact: the r weighted real rows, then the m - r generated ones
+        take_r = len(rows) - min(m, cap)
+        i = jnp.arange(m)
+        rows = rows[jnp.where(i < real_count, i, take_r + i - real_count)]
+    return (lambda idx: as_int(rows[idx])), jnp.int32(m), real_tokens, train_tokens
 
 
 def admit(policy, state, sample_kxL, k, counts=None):
     """The corpus after S_g (its first k rows valid) is admitted.
 
-    counts: the counts of S_g's first k rows, required for the count policies.
+    counts: the counts of S_g's first k rows, for the count policies of a
+    count model; None when the model trains on tokens.
     """
-    if policy == "replace":
+    if counts is not None and policy == "replace":
         return state._replace(counts=counts, n_synth=jnp.asarray(k, jnp.int32))
-    if policy == "accumulate":
+    if counts is not None and policy == "accumulate":
         return state._replace(counts=state.counts + counts, n_synth=state.n_synth + k)
     sample = sample_kxL.astype(state.synth.dtype)
-    if policy == "accumulate_subsample":
+    if policy in ("accumulate_subsample", "accumulate"):
         synth = jax.lax.dynamic_update_slice(state.synth, sample, (state.n_synth, 0))
         return state._replace(synth=synth, n_synth=state.n_synth + k)
     return state._replace(synth=sample, n_synth=jnp.asarray(k, jnp.int32))
@@ -185,7 +245,10 @@ def to_host(parts: CorpusState) -> dict[str, np.ndarray]:
             rows.append(cell[: min(int(n_synth[i]), len(cell))])
             i += 1
     packed = np.concatenate(rows) if rows else np.zeros((0, L), parts.synth[0].dtype)
-    return {"real": cat(parts.real), "synth_rows": packed, "n_synth": n_synth, "counts": cat(parts.counts)}
+    out = {"real": cat(parts.real), "synth_rows": packed, "n_synth": n_synth, "counts": cat(parts.counts)}
+    for i, leaf in enumerate(parts.model):
+        out[f"{MODEL_PREFIX}{i:03d}"] = cat(leaf)
+    return out
 
 
 def from_host(arrays: dict[str, np.ndarray], capacity: int) -> CorpusState:
@@ -201,4 +264,5 @@ def from_host(arrays: dict[str, np.ndarray], capacity: int) -> CorpusState:
     synth = np.zeros((n, capacity, L), rows.dtype)
     if capacity:
         synth[np.arange(capacity)[None, :] < valid[:, None]] = rows
-    return CorpusState(real, synth, n_synth.astype(np.int32), arrays["counts"])
+    model = tuple(arrays[name] for name in sorted(a for a in arrays if a.startswith(MODEL_PREFIX)))
+    return CorpusState(real, synth, n_synth.astype(np.int32), arrays["counts"], model)

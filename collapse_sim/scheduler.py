@@ -16,13 +16,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_sim import config as cfgmod, corpus
+from collapse_sim import config as cfgmod, corpus, engine
 from collapse_sim.config import Config, ConfigError, SweepPoint
-from collapse_sim.engine import CellParams, GroupRunner, GroupSpec, make_world
+from collapse_sim.engine import CellParams, GroupRunner, GroupSpec, Training, make_world
 from collapse_sim.sources import Source, build_source
-from kernels import sampling
+from kernels import sampling, transformer
 
 INT32_MAX = 2**31 - 1
+INT_METRICS = ("support", "loss_nonfinite")
+# transformer cells per CPU device in one compiled batch: past about 8, a
+# training step's activations leave the caches and each cell gets slower
+# (d_model 32, batch 32: 2.9 ms per cell-step at 2-8 cells per device,
+# 3.6 ms at 32); more cells run as more chunks
+CPU_NEURAL_CELLS = 8
 MAX_CELLS = 1 << 22  # cells are planned as Python objects; 4M is hours of work for any group
 
 
@@ -84,6 +90,8 @@ def memory_budget(device=None) -> int:
 def cell_parts(spec: GroupSpec) -> dict[str, int]:
     """A generous estimate of the device memory one cell needs during a step,
     by the config key that drives each part."""
+    if not spec.counts:
+        return neural_parts(spec)
     C, V, L = spec.contexts, spec.vocab_size, spec.seq_len
     W = sampling.cdf_width(V)
     item = np.dtype(spec.dtype).itemsize
@@ -99,13 +107,40 @@ def cell_parts(spec: GroupSpec) -> dict[str, int]:
     }
 
 
+def neural_parts(spec: GroupSpec) -> dict[str, int]:
+    """cell_parts of a transformer: parameters, optimizer state, activations
+    of a training step, the held-out pass, the KV caches of sampling and the
+    token buffers (float32 throughout, so bfloat16 compute is over-estimated)."""
+    a, tr = spec.arch, spec.training
+    V, L, d, layers = spec.vocab_size, spec.seq_len, a.d_model, a.layers
+    W = sampling.cdf_width(V)
+    n_params = sum(int(np.prod(shape)) for shape, _ in engine.param_shapes(a))
+    item = np.dtype(spec.dtype).itemsize
+    # per token and layer: LN, fused QKV, attention output, residuals, the MLP
+    # (up and GELU), plus the heads' score and probability rows
+    per_token = layers * (d * (9 + 3 * a.mlp_ratio) + 3 * a.heads * L) + 4 * V + 4 * d
+    real_rows = spec.real_sequences if corpus.keeps_real(spec.policy, False) else 0
+    return {
+        # parameters, gradients, updates, both Adam moments, and the carried copy
+        "model.d_model": 4 * 7 * n_params,
+        # forward activations kept for the backward pass, and their gradients
+        "model.batch_size": 4 * 2 * tr.batch_size * L * per_token,
+        "real.heldout": 4 * spec.heldout_chunk * L * per_token,
+        # KV caches, one position's activations and sampling rows, the sample
+        "generate.sequences": spec.gen_capacity * (2 * layers * L * d * 4 + 4 * (per_token + 2 * W) + 4 * L * 3),
+        "generations": (item * L * 2 + 12) * spec.capacity,
+        "real.sequences": item * L * 2 * real_rows + 4 * L * 2 * spec.real_sequences,
+        "corpus.train_sequences": 4 * L * 3 * spec.train_sequences,
+    }
+
+
 def cell_bytes(spec: GroupSpec) -> int:
     return sum(cell_parts(spec).values())
 
 
 def _check_limits(where: str, spec: GroupSpec) -> None:
     V, n = spec.vocab_size, spec.order
-    if (V + 1) ** n > INT32_MAX:
+    if spec.counts and (V + 1) ** n > INT32_MAX:
         raise ConfigError(where, "model.order", f"an order-{n} model over {V} tokens has too many contexts to index ((V+1)**order > 2**31)")
     if spec.policy in ("accumulate", "accumulate_subsample"):
         tokens = (spec.real_sequences + (spec.generations + 1) * spec.gen_capacity) * spec.seq_len
@@ -115,9 +150,15 @@ def _check_limits(where: str, spec: GroupSpec) -> None:
 
 def _spec(point: SweepPoint, source: Source, gen_capacity: int) -> GroupSpec:
     c = point.config
+    m = c.model
+    neural = m.kind == "transformer"
     return GroupSpec(
+        family=m.kind,
+        arch=transformer.Arch(source.vocab_size, c.real.seq_len, m.d_model, m.layers, m.heads, m.mlp_ratio, m.tie, m.dtype)
+        if neural else None,
+        training=Training(m.steps, m.batch_size, m.warmup, m.schedule, m.init) if neural else None,
         policy=c.corpus.policy,
-        order=c.model.order,
+        order=m.order if not neural else 0,
         vocab_size=source.vocab_size,
         real_sequences=c.real.sequences,
         seq_len=c.real.seq_len,
@@ -152,6 +193,9 @@ def make_plan(cfg: Config, where: str, devices=None) -> Plan:
     for (_, _, heldout_n), (source, pts) in by_key.items():
         spec = _spec(pts[0], source, max(p.config.generate.sequences for p in pts))
         _check_limits(where, spec)
+        if spec.arch is not None and spec.arch.dtype != "float32" and devices[0].platform == "cpu":
+            raise ConfigError(where, "model.dtype", f"{spec.arch.dtype} compute is for GPUs and TPUs; "
+                              "this run has only CPU devices, use float32")
         parts = cell_parts(spec)
         per_cell = sum(parts.values())
         if 2 * per_cell > budget:  # a batch holds at least two cells per device
@@ -171,6 +215,8 @@ def make_plan(cfg: Config, where: str, devices=None) -> Plan:
         n_cells = len(pts) * cfg.replicates
         cells = [Cell(p.index * cfg.replicates + r, r, p) for p in pts for r in range(cfg.replicates)]
         chunk = min(budget // per_cell * nd, -(-n_cells // nd) * nd)  # the budget is per device
+        if not spec.counts and devices[0].platform == "cpu":
+            chunk = min(chunk, CPU_NEURAL_CELLS * nd)
         chunk = max(nd, chunk // nd * nd)
         if heldout_n * spec.seq_len * 4 > budget // 4:
             raise ConfigError(where, "real.heldout", f"{heldout_n:,} held-out sequences of {spec.seq_len} tokens need "
@@ -220,6 +266,9 @@ def cell_params(cells: list[Cell], source: Source) -> CellParams:
         real_count=jnp.asarray(
             [cfgmod.real_count(c.corpus.real_fraction, c.corpus.train_sequences) for c in configs], jnp.int32
         ),
+        learning_rate=jnp.asarray([c.model.learning_rate for c in configs], jnp.float32),
+        weight_decay=jnp.asarray([c.model.weight_decay for c in configs], jnp.float32),
+        grad_clip=jnp.asarray([c.model.grad_clip for c in configs], jnp.float32),
     )
 
 
@@ -244,7 +293,7 @@ def metric_rows(spec: GroupSpec, cells: list[Cell], generation: int, out: dict, 
     for name in spec.metric_names():
         if name in ("real_tokens", "train_tokens"):
             continue
-        cols[name] = host[name].astype(np.float64 if name != "support" else np.int64)
+        cols[name] = host[name].astype(np.int64 if name in INT_METRICS else np.float64)
     cols["real_fraction"] = host["real_tokens"].astype(np.float64) / host["train_tokens"].astype(np.float64)
     return cols
 
@@ -351,11 +400,10 @@ def snapshot(plan: Plan, chunks: list[Chunk]) -> list[dict[str, np.ndarray]]:
         parts, gens = [], []
         for c in (c for c in chunks if c.group == gi):
             n = c.stop - c.start
-            if c.state is None:  # zeros; an empty synth buffer packs to no rows
-                state = corpus.CorpusState(*(np.zeros((n, *shape), dt) for shape, dt in group.spec.state_shapes(capacity=0)))
-            else:
-                state = c.state
-            parts.append(corpus.to_host(corpus.CorpusState(*(_host_parts(a, n) for a in state))))
+            # a chunk not started holds zeros; an empty synth buffer packs to no rows
+            state = corpus.zeros(group.spec.state_shapes(capacity=0), n) if c.state is None else c.state
+            views = corpus.CorpusState(*(_host_parts(a, n) for a in state[:4]), tuple(_host_parts(a, n) for a in state.model))
+            parts.append(corpus.to_host(views))
             gens.append(np.full(n, c.generation, np.int32))
         arrays = {
             "cell": np.array([c.index for c in group.cells], np.int64),
@@ -385,7 +433,8 @@ def next_stop(done: int, every: int, generations: int) -> int:
 
 def state_bytes(spec: GroupSpec) -> int:
     """Bytes of one cell's corpus state (what stays resident between blocks)."""
-    return sum(int(np.prod(shape)) * dt.itemsize for shape, dt in spec.state_shapes())
+    shapes = spec.state_shapes()
+    return sum(int(np.prod(shape)) * dt.itemsize for shape, dt in (*shapes[:4], *shapes.model))
 
 
 def run_plan(

@@ -55,20 +55,21 @@ class Arch:
         return jnp.dtype(self.dtype)
 
 
-def _heads(x, arch: Arch):
-    """[B, T, d] -> [B, H, T, dh]."""
-    B, T, _ = x.shape
-    return x.reshape(B, T, arch.heads, arch.head_dim).transpose(0, 2, 1, 3)
+def _onehot(tokens, n):
+    """float32 one-hot rows: an embedding lookup (and the loss's pick) as a
+    matmul, whose gradient is a matmul too, where a gather's is a scatter-add
+    (slow on CPU, and serial per cell under vmap)."""
+    ids = jnp.arange(n, dtype=jnp.int32).reshape((1,) * tokens.ndim + (n,))
+    return (tokens[..., None].astype(jnp.int32) == ids).astype(jnp.float32)
 
 
 def _attend(q, k, v, mask, arch: Arch):
-    """Scaled dot-product attention, softmax in float32. q [B,H,T,dh], k/v [B,H,S,dh], mask [T,S]."""
-    s = jnp.einsum("bhtd,bhsd->bhts", q, k).astype(jnp.float32) / math.sqrt(arch.head_dim)
+    """Scaled dot-product attention, softmax in float32. q [B,T,H,dh], k/v
+    [B,S,H,dh], mask [T,S] -> [B,T,H,dh]."""
+    s = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) / math.sqrt(arch.head_dim)
     s = jnp.where(mask, s, -1e30)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    o = jnp.einsum("bhts,bhsd->bhtd", p, v)
-    B, H, T, dh = o.shape
-    return o.transpose(0, 2, 1, 3).reshape(B, T, H * dh)
+    return jnp.einsum("bhts,bshd->bthd", p, v)
 
 
 class Attention(nn.Module):
@@ -79,25 +80,34 @@ class Attention(nn.Module):
         self.qkv = nn.Dense(3 * self.arch.d_model, dtype=dt)
         self.proj = nn.Dense(self.arch.d_model, dtype=dt)
 
-    def __call__(self, x):
+    def _qkv(self, x_NxD, B):
         a = self.arch
-        q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
-        T = x.shape[1]
-        mask = jnp.tril(jnp.ones((T, T), bool))
-        return self.proj(_attend(_heads(q, a), _heads(k, a), _heads(v, a), mask, a))
+        qkv = self.qkv(x_NxD).reshape(B, -1, 3, a.heads, a.head_dim)
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
-    def decode(self, x, pos, cache):
-        """One position: x [B, 1, d]; cache (k, v) [B, H, L, dh] holds positions < pos."""
+    def __call__(self, x_NxD, B):
+        """x: the B sequences' positions, flattened [B * T, d]."""
+        q, k, v = self._qkv(x_NxD, B)
+        T = q.shape[1]
+        mask = jnp.tril(jnp.ones((T, T), bool))
+        return self.proj(_attend(q, k, v, mask, self.arch).reshape(x_NxD.shape))
+
+    def decode(self, x_BxD, pos, cache):
+        """One position per sequence: x [B, d]; cache (k, v) [B, L, H, dh] holds positions < pos."""
         a = self.arch
-        q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
+        q, k, v = self._qkv(x_BxD, x_BxD.shape[0])
         ck, cv = cache
-        ck = jax.lax.dynamic_update_slice(ck, _heads(k, a).astype(ck.dtype), (0, 0, pos, 0))
-        cv = jax.lax.dynamic_update_slice(cv, _heads(v, a).astype(cv.dtype), (0, 0, pos, 0))
+        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, pos, 0, 0))
+        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, pos, 0, 0))
         mask = (jnp.arange(a.seq_len) <= pos)[None, :]
-        return self.proj(_attend(_heads(q, a), ck, cv, mask, a)), (ck, cv)
+        return self.proj(_attend(q, ck, cv, mask, a).reshape(x_BxD.shape)), (ck, cv)
 
 
 class Block(nn.Module):
+    """Pre-norm block on flattened positions [N, d]: layer norms and dense
+    layers see one 2-D matrix per cell (under vmap, a batched matmul whose
+    gradient contracts one axis, not two)."""
+
     arch: Arch
 
     def setup(self):
@@ -112,8 +122,8 @@ class Block(nn.Module):
     def _mlp(self, x):
         return self.down(nn.gelu(self.up(self.ln2(x).astype(self.arch.compute_dtype))))
 
-    def __call__(self, x):
-        x = x + self.attn(self.ln1(x).astype(self.arch.compute_dtype)).astype(x.dtype)
+    def __call__(self, x, B):
+        x = x + self.attn(self.ln1(x).astype(self.arch.compute_dtype), B).astype(x.dtype)
         return x + self._mlp(x).astype(x.dtype)
 
     def decode(self, x, pos, cache):
@@ -145,19 +155,20 @@ class Transformer(nn.Module):
         a = self.arch
         B, L = tokens_BxL.shape
         inputs = jnp.concatenate([jnp.full((B, 1), a.vocab_size, tokens_BxL.dtype), tokens_BxL[:, :-1]], axis=1)
-        x = self.embed(inputs).astype(jnp.float32) + self.pos[None, :L]
+        x = _onehot(inputs.reshape(-1), a.vocab_size + 1) @ self.embed.embedding
+        x = (x.reshape(B, L, -1) + self.pos[None, :L]).reshape(B * L, -1)
         for block in self.blocks:
-            x = block(x)
-        return self._logits(x)
+            x = block(x, B)
+        return self._logits(x).reshape(B, L, -1)
 
     def decode(self, prev_B, pos, caches):
         """Logits of position `pos` given the token before it (BOS at 0) and the caches."""
-        x = self.embed(prev_B[:, None]).astype(jnp.float32) + jax.lax.dynamic_slice_in_dim(self.pos, pos, 1)[None]
+        x = self.embed(prev_B).astype(jnp.float32) + jax.lax.dynamic_slice_in_dim(self.pos, pos, 1)
         new = []
         for block, cache in zip(self.blocks, caches):
             x, cache = block.decode(x, pos, cache)
             new.append(cache)
-        return self._logits(x)[:, 0], tuple(new)
+        return self._logits(x), tuple(new)
 
 
 def init(arch: Arch, key) -> dict:
@@ -173,7 +184,7 @@ def nll(arch: Arch, params, tokens_BxL, weight_B=None):
     """Mean negative log-likelihood per token (nats) over the weighted sequences."""
     lg = logits(arch, params, tokens_BxL)
     logp = jax.nn.log_softmax(lg, axis=-1)
-    tok_nll = -jnp.take_along_axis(logp, tokens_BxL[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    tok_nll = -jnp.sum(logp * _onehot(tokens_BxL, arch.vocab_size), axis=-1)
     per_seq = jnp.mean(tok_nll, axis=-1)
     if weight_B is None:
         return jnp.mean(per_seq)
@@ -198,12 +209,15 @@ def optimizer(learning_rate, weight_decay, steps: int, warmup: int, schedule: st
     return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(lr, weight_decay=weight_decay))
 
 
-def train(arch: Arch, tx, params, key, rows_NxL, n_valid, steps: int, batch: int):
+def train(arch: Arch, tx, params, key, rows, n_valid, steps: int, batch: int):
     """`steps` AdamW steps on batches drawn uniformly (with replacement) from
     the first `n_valid` rows; one lax.scan. Returns (params, losses [steps]).
 
+    rows: an array [N, L], or a function idx [batch] -> rows [batch, L] (a
+    training set read in place from the corpus buffers).
     The optimizer state starts fresh (a new run of AdamW and its schedule for
     every generation, whether the parameters are fresh or continued)."""
+    fetch = rows if callable(rows) else (lambda idx: rows[idx])
 
     def loss_fn(p, x):
         return nll(arch, p, x)
@@ -211,7 +225,7 @@ def train(arch: Arch, tx, params, key, rows_NxL, n_valid, steps: int, batch: int
     def step(carry, i):
         p, opt_state = carry
         idx = jax.random.randint(jax.random.fold_in(key, i), (batch,), 0, jnp.maximum(n_valid, 1))
-        loss, grads = jax.value_and_grad(loss_fn)(p, rows_NxL[idx])
+        loss, grads = jax.value_and_grad(loss_fn)(p, fetch(idx))
         updates, opt_state = tx.update(grads, opt_state, p)
         return (optax.apply_updates(p, updates), opt_state), loss
 
@@ -220,7 +234,7 @@ def train(arch: Arch, tx, params, key, rows_NxL, n_valid, steps: int, batch: int
 
 
 def init_caches(arch: Arch, n: int):
-    shape = (n, arch.heads, arch.seq_len, arch.head_dim)
+    shape = (n, arch.seq_len, arch.heads, arch.head_dim)
     return tuple((jnp.zeros(shape, arch.compute_dtype), jnp.zeros(shape, arch.compute_dtype)) for _ in range(arch.layers))
 
 
@@ -239,6 +253,9 @@ def sample(arch: Arch, params, key, n: int, temperature, top_k, top_p):
 
     def cdf(logits_V):
         probs = jax.nn.softmax(logits_V.astype(jnp.float32))
+        # a diverged model (non-finite logits; the engine flags its cell) draws
+        # uniform tokens, so every token id stays in [0, V)
+        probs = jnp.where(jnp.all(jnp.isfinite(logits_V)), probs, 1.0 / V)
         return sampling.cdf_row(sampling.filter_probs(probs, temperature, top_k, top_p), width)
 
     def step(carry, pos):
@@ -252,3 +269,23 @@ def sample(arch: Arch, params, key, n: int, temperature, top_k, top_p):
     start = (jnp.full((n,), V, jnp.int32), init_caches(arch, n))
     _, tokens_LxN = jax.lax.scan(step, start, jnp.arange(arch.seq_len))
     return tokens_LxN.T
+
+
+def position_sums(arch: Arch, params, tokens_NxL, truth_NxLxV=None):
+    """Per-sequence sums over positions of the held-out statistics, float32 [N] each:
+    `nll` (-ln M(token | its prefix)), `entropy` (of M's next-token
+    distribution) and, given the true next-token distribution of every
+    position, `kl` (KL(P || M)), `tv` (1/2 sum |P - M|) and `sq` (sum (P - M)^2)."""
+    logp = jax.nn.log_softmax(logits(arch, params, tokens_NxL), axis=-1)
+    p = jnp.exp(logp)
+    out = {
+        "nll": -jnp.sum(jnp.take_along_axis(logp, tokens_NxL[..., None].astype(jnp.int32), axis=-1)[..., 0], axis=-1),
+        "entropy": -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=(-1, -2)),
+    }
+    if truth_NxLxV is not None:
+        t = truth_NxLxV.astype(jnp.float32)
+        safe = jnp.where(t > 0, t, 1.0)
+        out["kl"] = jnp.sum(jnp.where(t > 0, t * (jnp.log(safe) - logp), 0.0), axis=(-1, -2))
+        out["tv"] = 0.5 * jnp.sum(jnp.abs(t - p), axis=(-1, -2))
+        out["sq"] = jnp.sum((t - p) ** 2, axis=(-1, -2))
+    return out

@@ -49,7 +49,6 @@ def test_sweep_grid_is_the_product(tmp_path):
     ("sweep: {corpus.polcy: [replace]}\n", "sweep.corpus.polcy", "did you mean corpus.policy"),
     ("sweep: {corpus.real_fraction: [0.1, 2.0]}\ncorpus: {policy: mix}\n", "sweep.corpus.real_fraction", "value 2.0"),
     ("sweep: {replicates: [1, 2]}\n", "sweep.replicates", "cannot be swept"),
-    ("model: {kind: transformer}\n", "model.kind", "does not run transformer models yet"),
     ("model: {kind: transformer, d_model: 30, heads: 4}\n", "model.heads", "must divide model.d_model"),
     ("model: {kind: transformer, init: warm}\n", "model.init", "fresh or continue"),
     ("model: {kind: transformer, tie: 1}\n", "model.tie", "expected true or false"),

@@ -107,12 +107,49 @@ def test_token_dtype():
     assert corpus.token_dtype(256) == np.uint8 and corpus.token_dtype(257) == np.uint16
 
 
+@pytest.mark.parametrize("counts", [True, False])
 @pytest.mark.parametrize("policy", ["replace", "accumulate", "accumulate_subsample", "mix", "fresh"])
-def test_state_shapes_describe_init_state(policy):
+def test_state_shapes_describe_init_state(policy, counts):
     """The shapes the scheduler plans with (memory, empty cells in a
-    checkpoint) are those init_state makes."""
+    checkpoint) are those init_state makes, for count and token models."""
     real = jnp.zeros((7, 5), jnp.int32)
-    state = corpus.init_state(policy, real, 2, 4, 11, np.uint8)
-    want = corpus.state_shapes(policy, 7, 5, 11, 5, 4, np.uint8)
-    for a, (shape, dt) in zip(state, want):
+    model = (jnp.zeros((3, 2), jnp.float32),) if not counts else ()
+    cap = corpus.capacity(policy, 11, 2, counts)
+    state = corpus.init_state(policy, real, 2, 4, cap, np.uint8, counts, model)
+    want = corpus.state_shapes(policy, 7, 5, cap, 5 if counts else 0, 4, np.uint8, counts, [((3, 2), np.float32)] if model else ())
+    for a, (shape, dt) in zip((*state[:4], *state.model), (*want[:4], *want.model)):
         assert a.shape == shape and a.dtype == dt
+    assert len(state.model) == len(want.model)
+    if not counts:  # a token model keeps every row it trains on: no counts, and R where it is reread
+        assert state.counts.shape[0] == 0
+        assert (state.real.shape[0] == 7) == (policy in ("accumulate", "accumulate_subsample", "mix"))
+
+
+def test_training_rows_read_the_policy_training_set():
+    """training_rows hands a transformer exactly T_g: replace -> S_{g-1};
+    accumulate -> R then every S admitted; mix -> round(rho m) rows of R then
+    m - r of S (each drawn without replacement)."""
+    N0, L, k = 4, 3, 5
+    real = jnp.arange(N0 * L).reshape(N0, L) % 7
+    key = jax.random.key(3)
+    for policy in ("replace", "accumulate", "mix"):
+        cap = corpus.capacity(policy, k, 3, counts=False)
+        st = corpus.init_state(policy, real, 0, 7, cap, np.uint8, counts=False)
+        s1 = jnp.full((k, L), 1)
+        st = corpus.admit(policy, st, s1, jnp.int32(k))
+        s2 = jnp.full((k, L), 2)
+        st = corpus.admit(policy, st, s2, jnp.int32(3))  # only 3 rows of S_1 are valid
+        fetch, n, real_tokens, train_tokens = corpus.training_rows(policy, st, key, jnp.int32(2), 4, N0, None)
+        rows = np.asarray(fetch(jnp.arange(int(n))))
+        if policy == "replace":
+            assert int(n) == 3 and (rows == 2).all() and int(real_tokens) == 0 and int(train_tokens) == 3 * L
+        elif policy == "accumulate":
+            assert int(n) == N0 + k + 3
+            np.testing.assert_array_equal(rows[:N0], np.asarray(real))
+            assert (rows[N0 : N0 + k] == 1).all() and (rows[N0 + k :] == 2).all()
+            assert int(real_tokens) == N0 * L and int(train_tokens) == (N0 + k + 3) * L
+        else:
+            assert int(n) == 4 and int(real_tokens) == 2 * L and int(train_tokens) == 4 * L
+            real_rows = {tuple(r) for r in np.asarray(real)}
+            assert len({tuple(r) for r in rows[:2]} & real_rows) == 2  # two distinct rows of R
+            assert (rows[2:] == 2).all()

@@ -1,0 +1,192 @@
+"""Transformers through the engine: learning, collapse, cell independence
+across chunks, memory chunking, non-finite losses, checkpoints of
+`init: continue`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from collapse_sim import checkpoint, cli, load_metrics, results, scheduler
+from collapse_sim.sources import build_source, entropy_rate
+from tests.helpers import load, run_rows
+
+TINY = [
+    "source.kind=markov", "source.vocab_size=6", "source.order=1", "source.seed=2",
+    "real.sequences=64", "real.seq_len=8", "real.heldout=40", "generate.sequences=24",
+    "model.kind=transformer", "model.d_model=16", "model.layers=1", "model.heads=2", "model.mlp_ratio=2",
+    "model.steps=30", "model.batch_size=8", "model.warmup=5",
+]
+NEURAL_METRICS = ["heldout_nll", "kl_true", "tv_true", "sq_true", "entropy", "train_loss", "distinct_2", "unique_seq", "real_fraction"]
+
+
+def test_generation_0_learns_an_order_1_markov_source():
+    """Trained at generation 0 on R, the engine's held-out NLL (every held-out
+    position, the first one included) is within 5 % of the source's exact
+    entropy rate, in every replicate; and the truth metrics are small."""
+    cfg = load([
+        "source.kind=markov", "source.vocab_size=8", "source.order=1", "source.concentration=0.5", "source.seed=3",
+        "real.sequences=4000", "real.seq_len=32", "real.heldout=1000", "generate.sequences=8",
+        "model.kind=transformer", "model.d_model=32", "model.layers=2", "model.heads=2",
+        "model.steps=600", "model.batch_size=64", "model.learning_rate=3e-3", "model.warmup=50",
+        "generations=0", "replicates=2",
+    ])
+    df = run_rows(cfg)
+    H = entropy_rate(build_source(cfg.source, 32, "test"))
+    nll = df["heldout_nll"].to_numpy()
+    assert len(nll) == 2 and (np.abs(nll - H) < 0.05 * H).all(), (nll, H)
+    assert (df["loss_nonfinite"] == 0).all()
+    assert (df["kl_true"] > 0).all() and (df["kl_true"] < 0.05 * H).all() and (df["tv_true"] < 0.2).all()
+    assert "support" not in df  # an n-gram metric, not a neural one
+
+
+def test_collapse_is_visible_under_replace_with_small_k():
+    """replace with k = 6 sequences of 8 tokens (48 tokens to learn from):
+    held-out NLL at the last generation exceeds generation 0's in every replicate."""
+    cfg = load(TINY + ["generate.sequences=6", "corpus.policy=replace", "generations=4", "replicates=4", "model.steps=60"])
+    df = run_rows(cfg)
+    first = df[df.generation == 0].set_index("cell")["heldout_nll"]
+    last = df[df.generation == 4].set_index("cell")["heldout_nll"]
+    assert (last > first).all(), pd.DataFrame({"g0": first, "g4": last})
+    assert (df[df.generation > 0]["real_fraction"] == 0).all()
+
+
+SWEEP = TINY + [
+    "corpus.train_sequences=20", "corpus.real_fraction=0.25", "replicates=2", "generations=2",
+    "sweep={corpus.policy: [replace, accumulate, mix], model.learning_rate: [0.003, 1.0e+30]}",
+]
+
+
+@pytest.fixture(scope="module")
+def sweep_rows():
+    return run_rows(load(SWEEP))
+
+
+def test_a_diverging_cell_is_flagged_and_the_sweep_goes_on(sweep_rows):
+    """learning_rate 1e30 makes the loss non-finite: those cells carry
+    loss_nonfinite = 1 (and NaN model metrics), every other cell trains
+    normally, and every cell has every generation's row."""
+    df = sweep_rows
+    assert len(df) == 12 * 3
+    bad = df["model.learning_rate"] > 1
+    assert (df.loc[bad, "loss_nonfinite"] == 1).all()
+    assert df.loc[bad, "heldout_nll"].isna().all()
+    good = df.loc[~bad]
+    assert (good["loss_nonfinite"] == 0).all()
+    assert np.isfinite(good[NEURAL_METRICS].to_numpy()).all()
+    # a diverged model's sample stays a valid corpus (uniform tokens), so its
+    # sample metrics are defined
+    assert df.loc[bad, "unique_seq"].between(0, 1).all()
+
+
+def test_cells_do_not_depend_on_their_chunk(sweep_rows):
+    """DESIGN §7.1 for neural models: run in chunks of 2 cells, or alone, a
+    cell's metrics equal the one-batch run's within 1e-5 relative."""
+    for rows in (run_rows(load(SWEEP), chunk=2), run_rows(load(SWEEP), keep=lambda c: c.index == 5)):
+        ref = sweep_rows[sweep_rows.cell.isin(rows.cell.unique())].reset_index(drop=True)
+        assert len(rows) == len(ref) > 0
+        for col in NEURAL_METRICS + ["loss_nonfinite"]:
+            np.testing.assert_allclose(rows[col].to_numpy(), ref[col].to_numpy(), rtol=1e-5, atol=1e-7, err_msg=col)
+
+
+def test_a_sweep_larger_than_the_memory_budget_runs_in_chunks(monkeypatch):
+    """With a budget that holds two cells per device, the plan splits the
+    group into chunks (no out-of-memory), and the results are the same."""
+    cfg = load(TINY + ["replicates=6", "generations=1"])
+    full = run_rows(cfg)
+    spec = scheduler.make_plan(cfg, "t", jax.local_devices()).groups[0].spec
+    monkeypatch.setattr(scheduler, "memory_budget", lambda device=None: 2 * scheduler.cell_bytes(spec) + 1)
+    plan = scheduler.make_plan(cfg, "t", jax.local_devices())
+    nd = len(jax.local_devices())
+    assert plan.groups[0].chunk_size == 2 * nd < 6
+    assert len(scheduler.initial_chunks(plan, nd)) == -(-6 // (2 * nd))
+    small = run_rows(cfg)
+    for col in NEURAL_METRICS:
+        np.testing.assert_allclose(small[col].to_numpy(), full[col].to_numpy(), rtol=1e-5, err_msg=col)
+
+
+def test_memory_estimate_covers_what_xla_allocates():
+    """The planner's bytes per cell are at least what the compiled step of a
+    chunk needs per cell (XLA's own memory analysis: arguments, outputs and
+    temporaries), for a few shapes."""
+    from collapse_sim.engine import GroupRunner, make_world
+
+    for extra in (["model.d_model=32", "model.batch_size=32"], ["model.layers=2", "generate.sequences=200", "corpus.policy=accumulate", "generations=6"]):
+        cfg = load(TINY + extra + ["replicates=4"])
+        plan = scheduler.make_plan(cfg, "t", jax.local_devices())
+        group = plan.groups[0]
+        runner = GroupRunner(group.spec, group.source, make_world(group.spec, group.source, group.heldout))
+        params = runner.put_params(scheduler.cell_params(group.cells, group.source))
+        state, _ = runner.init(params)
+        stats = runner._step.lower(runner.world, state, np.int32(1), params).compile().memory_analysis()
+        used = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+        assert used / len(group.cells) <= scheduler.cell_bytes(group.spec), (extra, used / len(group.cells), scheduler.cell_parts(group.spec))
+
+
+def test_bfloat16_is_refused_on_cpu():
+    cfg = load(TINY + ["model.dtype=bfloat16"])
+    with pytest.raises(Exception, match="model.dtype.*only CPU devices"):
+        scheduler.make_plan(cfg, "t.yaml", jax.local_devices())
+
+
+CONTINUE = """\
+name: tc
+replicates: 2
+generations: 5
+source: {kind: markov, vocab_size: 6, order: 1, seed: 2}
+real: {sequences: 48, seq_len: 8, heldout: 30}
+model: {kind: transformer, d_model: 16, layers: 1, heads: 2, mlp_ratio: 2, steps: 20, batch_size: 8, warmup: 4, init: continue}
+generate: {sequences: 20}
+checkpoint: {every: 2, keep: 2}
+sweep: {corpus.policy: [replace, accumulate]}
+"""
+
+
+def test_init_continue_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """init: continue carries each cell's parameters in the checkpoint: a run
+    stopped by SIGTERM and resumed gives the uninterrupted metrics, with no
+    duplicate rows."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONTINUE)
+    ref = tmp_path / "ref"
+    assert cli.main(["run", str(cfg), "--out", str(ref), "--quiet"]) == 0
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    add = results.MetricsWriter.add
+
+    def counting(writer, cols):
+        add(writer, cols)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(results.MetricsWriter, "add", counting)
+    assert cli.main(["run", str(cfg), "--out", str(out), "--quiet"]) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    step, meta, groups, bad = checkpoint.newest_usable(out)
+    assert not bad and meta["generation_max"] < 5
+    assert any(name.startswith("param_") for name in groups[0])  # the parameters are saved
+    assert cli.main(["resume", str(out), "--quiet"]) == 0
+    a, b = load_metrics(out), load_metrics(ref)
+    assert not a.duplicated(["cell", "generation"]).any() and len(a) == len(b) == 4 * 6
+    for col in NEURAL_METRICS:
+        np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=1e-5, err_msg=col)
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_continue_starts_from_the_previous_model():
+    """With a learning rate of 1e-30 training changes nothing, so under
+    init: continue generation 1's model is generation 0's (the same held-out
+    NLL, exactly), while under init: fresh it is a new random model."""
+    common = TINY + ["generations=1", "replicates=2", "model.learning_rate=1e-30", "model.weight_decay=0"]
+    for init, same in (("continue", True), ("fresh", False)):
+        df = run_rows(load(common + [f"model.init={init}"]))
+        g0 = df[df.generation == 0]["heldout_nll"].to_numpy()
+        g1 = df[df.generation == 1]["heldout_nll"].to_numpy()
+        assert np.array_equal(g0, g1) == same, (init, g0, g1)
