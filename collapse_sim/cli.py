@@ -123,6 +123,36 @@ class _Progress:
         if not self.quiet:
             self.bar.stop()
 
+    def warn(self, text: str) -> None:
+        """A line on stderr that does not break the bar."""
+        if self.quiet:
+            print(text, file=sys.stderr)
+        else:
+            self.bar.console.print(text, markup=False, highlight=False, style="yellow")
+
+
+class _Diverged:
+    """Watches the metric rows for cells whose training loss turned non-finite
+    (`loss_nonfinite`, transformers): one warning per cell; the sweep goes on."""
+
+    def __init__(self, progress: _Progress, sweep_keys: list[str]):
+        self.progress, self.sweep_keys = progress, sweep_keys
+        self.cells: set[int] = set()
+
+    def __call__(self, cols: dict) -> None:
+        flags = cols.get("loss_nonfinite")
+        if flags is None or not flags.any():
+            return
+        for i in flags.nonzero()[0]:
+            cell = int(cols["cell"][i])
+            if cell in self.cells:
+                continue
+            self.cells.add(cell)
+            where = ", ".join([f"replicate {int(cols['replicate'][i])}"] + [f"{k}={cols[k][i]}" for k in self.sweep_keys])
+            self.progress.warn(f"collapse-sim: warning: cell {cell} ({where}): non-finite training loss at generation "
+                               f"{int(cols['generation'][i])}; its rows have loss_nonfinite = 1 and NaN model metrics. "
+                               "The other cells go on.")
+
 
 class _Stopper:
     """SIGINT/SIGTERM: the first asks the run to finish its generation, save a
@@ -183,13 +213,19 @@ def _execute(out: Path, cfg, plan, info: dict, quiet: bool, chunks=None, parts=N
     save = checkpoint.saver(ckpt, writer, plan, info["fingerprint"])
 
     progress = _Progress(remaining, plan.n_cells, G, quiet)
+    diverged = _Diverged(progress, plan.sweep_keys)
+
+    def emit(cols: dict) -> None:
+        diverged(cols)
+        writer.add(cols)
+
     t0 = time.perf_counter()
     info.update(status="running", generations=G)
     _write_json(out / RUN_FILE, info)
     stopper = _Stopper(out, info)
     try:
         with stopper:
-            done = scheduler.run_plan(plan, writer.add, progress.advance, chunks=chunks, save=save,
+            done = scheduler.run_plan(plan, emit, progress.advance, chunks=chunks, save=save,
                                       should_stop=stopper.requested)
             progress.close()
             ckpt.close()  # the last save is on disk before we say anything
@@ -216,6 +252,11 @@ def _execute(out: Path, cfg, plan, info: dict, quiet: bool, chunks=None, parts=N
     _write_json(out / RUN_FILE, info)
 
     df = results.load_metrics(out)
+    if "loss_nonfinite" in df:
+        bad = df.loc[df["loss_nonfinite"] == 1, "cell"].nunique()
+        if bad:
+            print(f"collapse-sim: warning: {bad:,} of {plan.n_cells:,} cells had a non-finite training loss "
+                  "(rows with loss_nonfinite = 1)", file=sys.stderr)
     plot = report.plot_metric(df, plan.sweep_keys, out / "heldout_nll.png", title=f"{cfg.name}: held-out NLL")
     report.plot_panels(df, plan.sweep_keys, out / "metrics.png", title=f"{cfg.name}: every metric, median and 10-90 % band over replicates")
     table = report.summary(df, plan.sweep_keys)

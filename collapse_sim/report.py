@@ -23,8 +23,8 @@ def _by_point(df: pd.DataFrame, sweep_keys: list[str]):
         yield dict(zip(sweep_keys, values)), sub
 
 
-METRICS = ["heldout_nll", "kl_true", "tv_true", "sq_true", "entropy", "support", "distinct_2", "unique_seq", "real_fraction"]
-NATS = ("heldout_nll", "entropy", "kl_true")
+METRICS = ["heldout_nll", "kl_true", "tv_true", "sq_true", "entropy", "train_loss", "support", "distinct_2", "unique_seq", "real_fraction"]
+NATS = ("heldout_nll", "entropy", "kl_true", "train_loss")
 
 
 def _draw(ax, df: pd.DataFrame, sweep_keys: list[str], metric: str) -> None:

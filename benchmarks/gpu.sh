@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The transformer comparison on a GPU machine: the engine at 1024 cells
+# (bfloat16 compute) against PyTorch's per-model loop on the same GPU, in
+# one run of benchmarks/transformer_throughput.py. Needs jax with CUDA, flax,
+# optax, orbax-checkpoint, PyYAML and torch in $PYTHON (default python3);
+# nothing is downloaded. Budget: under 5 minutes on an H200 (compilation
+# included). Prints a table with achieved training TFLOP/s against the
+# chip's bf16 dense peak, writes benchmarks/results/transformer_gpu.json and
+# appends rows to benchmarks/RESULTS.md.
+#
+#   bash benchmarks/gpu.sh                 # peak looked up from the device name
+#   PEAK_TFLOPS=989 bash benchmarks/gpu.sh # or given
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+"$PY" -c "import jax, sys; d = jax.devices()[0]; sys.exit(0 if d.platform == 'gpu' else 'no GPU: jax sees ' + str(jax.devices()))"
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'"
+
+# bf16 dense (no sparsity) peaks from the vendors' data sheets, TFLOP/s
+PEAK=${PEAK_TFLOPS:-$("$PY" - <<'PY'
+import jax
+kind = jax.devices()[0].device_kind
+peaks = {"H200": 989, "H100": 989, "A100": 312, "L4": 121, "A10": 125}
+print(next((v for k, v in peaks.items() if k in kind), 0))
+PY
+)}
+args=(--cells 1024 --dtype bfloat16 --batches 32,64 --repeats 3 --torch-cells 4 --name transformer_gpu)
+[ "$PEAK" != 0 ] && args+=(--peak-tflops "$PEAK")
+exec "$PY" benchmarks/transformer_throughput.py "${args[@]}" --torch-python "$PY"
