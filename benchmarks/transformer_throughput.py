@@ -42,7 +42,6 @@ import subprocess
 import sys
 import time
 from datetime import date
-from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -105,7 +104,8 @@ class Engine:
             return engine._neural_train(spec, params, key, lambda idx: rows_NxL[idx], n, ())[1]
 
         fn = jax.shard_map(jax.vmap(train_one), mesh=runner.mesh, in_specs=(P("cells"), P("cells")), out_specs=P("cells"), check_vma=False)
-        self._train = partial(jax.jit(fn), rows_NxL=rows)
+        train = jax.jit(fn)
+        self._train = lambda params: train(params, rows)
 
     def train(self):
         return [self._train(p) for p in self.chunks]
