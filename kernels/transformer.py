@@ -66,8 +66,9 @@ def _onehot(tokens, n):
 def _attend(q, k, v, mask, arch: Arch):
     """Scaled dot-product attention, softmax in float32. q [B,T,H,dh], k/v
     [B,S,H,dh], mask [T,S] -> [B,T,H,dh]."""
-    s = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) / math.sqrt(arch.head_dim)
-    s = jnp.where(mask, s, -1e30)
+    q = q * jnp.asarray(1.0 / math.sqrt(arch.head_dim), q.dtype)  # scaled on [T, dh], not on the [T, S] scores
+    s = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32)
+    s = s + jnp.where(mask, 0.0, -1e30).astype(jnp.float32)[None, None]  # additive: no select in the gradient
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
     return jnp.einsum("bhts,bshd->bthd", p, v)
 

@@ -145,18 +145,22 @@ real: {sequences: 48, seq_len: 8, heldout: 30}
 model: {kind: transformer, d_model: 16, layers: 1, heads: 2, mlp_ratio: 2, steps: 20, batch_size: 8, warmup: 4, init: continue}
 generate: {sequences: 20}
 checkpoint: {every: 2, keep: 2}
-sweep: {corpus.policy: [replace, accumulate]}
+sweep: {corpus.policy: [replace, accumulate], model.learning_rate: [0.003, 1.0e+30]}
 """
 
 
-def test_init_continue_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+def test_init_continue_resumes_from_its_checkpoint(tmp_path, monkeypatch, capsys):
     """init: continue carries each cell's parameters in the checkpoint: a run
     stopped by SIGTERM and resumed gives the uninterrupted metrics, with no
-    duplicate rows."""
+    duplicate rows. The CLI names each diverged cell once, and counts them."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text(CONTINUE)
     ref = tmp_path / "ref"
     assert cli.main(["run", str(cfg), "--out", str(ref), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if "non-finite training loss at generation 0" in line]
+    assert len(warned) == 4 and all("model.learning_rate=1e+30" in line for line in warned), err
+    assert "4 of 8 cells had a non-finite training loss" in err
     out = tmp_path / "run"
     calls = {"n": 0}
     add = results.MetricsWriter.add
@@ -175,7 +179,7 @@ def test_init_continue_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     assert any(name.startswith("param_") for name in groups[0])  # the parameters are saved
     assert cli.main(["resume", str(out), "--quiet"]) == 0
     a, b = load_metrics(out), load_metrics(ref)
-    assert not a.duplicated(["cell", "generation"]).any() and len(a) == len(b) == 4 * 6
+    assert not a.duplicated(["cell", "generation"]).any() and len(a) == len(b) == 8 * 6
     for col in NEURAL_METRICS:
         np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=1e-5, err_msg=col)
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
