@@ -22,9 +22,10 @@ test: $(STAMP)  ## the default test suite (CI runs this)
 test-slow: $(STAMP)  ## the long statistical checks
 	$(BIN)/python -m pytest -q -m slow
 
-bench: $(STAMP)  ## n-gram throughput against a numpy loop, checkpoint overhead; records to benchmarks/RESULTS.md
+bench: $(STAMP)  ## n-gram throughput against a numpy loop, checkpoint overhead, transformers against PyTorch (if installed); records to benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/ngram_throughput.py
 	$(BIN)/python benchmarks/checkpoint_overhead.py
+	$(BIN)/python benchmarks/transformer_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -497,7 +497,13 @@ def _config_summary(cfg) -> str:
         source = f"markov (V={src.vocab_size}, order {src.order}, seed {src.seed})"
     else:
         source = f"categorical (V={src.vocab_size})"
-    return (f"{cfg.name}: {source}; {cfg.model.kind} order {cfg.model.order}, smoothing {cfg.model.smoothing:g}; "
+    m = cfg.model
+    if m.kind == "transformer":
+        model = (f"transformer d_model {m.d_model}, layers {m.layers}, heads {m.heads}, steps {m.steps}, "
+                 f"batch {m.batch_size}, lr {m.learning_rate:g}, init {m.init}, {m.dtype}")
+    else:
+        model = f"ngram order {m.order}, smoothing {m.smoothing:g}"
+    return (f"{cfg.name}: {source}; {model}; "
             f"N0={cfg.real.sequences}, L={cfg.real.seq_len}, k={cfg.generate.sequences}; policy {cfg.corpus.policy}; seed {cfg.seed}")
 
 

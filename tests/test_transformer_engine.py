@@ -183,6 +183,10 @@ def test_init_continue_resumes_from_its_checkpoint(tmp_path, monkeypatch, capsys
     for col in NEURAL_METRICS:
         np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=1e-5, err_msg=col)
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    capsys.readouterr()
+    assert cli.main(["inspect", str(out), "--verify"]) == 0
+    shown = capsys.readouterr().out
+    assert "transformer d_model 16, layers 1, heads 2, steps 20, batch 8" in shown and "init continue" in shown
 
 
 def test_continue_starts_from_the_previous_model():
