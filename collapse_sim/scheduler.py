@@ -29,6 +29,7 @@ INT_METRICS = ("support", "loss_nonfinite")
 # (d_model 32, batch 32: 2.9 ms per cell-step at 2-8 cells per device,
 # 3.6 ms at 32); more cells run as more chunks
 CPU_NEURAL_CELLS = 8
+CPU_DTYPES = ("float32",)  # transformer compute dtypes run on CPU devices (bfloat16 is for GPUs and TPUs)
 MAX_CELLS = 1 << 22  # cells are planned as Python objects; 4M is hours of work for any group
 
 
@@ -193,7 +194,7 @@ def make_plan(cfg: Config, where: str, devices=None) -> Plan:
     for (_, _, heldout_n), (source, pts) in by_key.items():
         spec = _spec(pts[0], source, max(p.config.generate.sequences for p in pts))
         _check_limits(where, spec)
-        if spec.arch is not None and spec.arch.dtype != "float32" and devices[0].platform == "cpu":
+        if spec.arch is not None and spec.arch.dtype not in CPU_DTYPES and devices[0].platform == "cpu":
             raise ConfigError(where, "model.dtype", f"{spec.arch.dtype} compute is for GPUs and TPUs; "
                               "this run has only CPU devices, use float32")
         parts = cell_parts(spec)
