@@ -18,12 +18,16 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 "$PY" -c "import jax, sys; d = jax.devices()[0]; sys.exit(0 if d.platform == 'gpu' else 'no GPU: jax sees ' + str(jax.devices()))"
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'"
 
-# bf16 dense (no sparsity) peaks from the vendors' data sheets, TFLOP/s
+# bf16 dense (no sparsity) peaks from the vendors' data sheets, TFLOP/s; the
+# first pattern that matches the device name wins (PCIe H100 before SXM)
 PEAK=${PEAK_TFLOPS:-$("$PY" - <<'PY'
+import re, sys
 import jax
 kind = jax.devices()[0].device_kind
-peaks = {"H200": 989, "H100": 989, "A100": 312, "L4": 121, "A10": 125}
-print(next((v for k, v in peaks.items() if k in kind), 0))
+peaks = [(r"H200", 989), (r"H100.*PCIe", 756), (r"H100", 989), (r"A100", 312), (r"L40S", 362), (r"L4\b", 121)]
+peak = next((v for pat, v in peaks if re.search(pat, kind)), 0)
+print(f"{kind}: bf16 peak {peak or 'unknown (set PEAK_TFLOPS)'} TFLOP/s", file=sys.stderr)
+print(peak)
 PY
 )}
 args=(--cells 1024 --dtype bfloat16 --batches 32,64 --repeats 3 --torch-cells 4 --name transformer_gpu)

@@ -73,8 +73,11 @@ def setting(a, batch: int) -> list[str]:
 
 
 def train_flops_per_token(spec) -> float:
+    """6 x (matmul parameters: every 2-D leaf but the position table, which
+    is added, not multiplied) + 12 x layers x L x d_model (attention)."""
     arch = spec.arch
-    matmul = sum(int(np.prod(s)) for s, _ in engine.param_shapes(arch) if len(s) == 2 and s != (arch.seq_len, arch.d_model))
+    leaves = jax.tree_util.tree_leaves_with_path(engine._param_struct(arch))
+    matmul = sum(int(np.prod(a.shape)) for path, a in leaves if a.ndim == 2 and path[-1].key != "pos")
     return 6.0 * matmul + 12.0 * arch.layers * arch.seq_len * arch.d_model
 
 

@@ -40,21 +40,25 @@ def truth_divergences(model_FxV, true_FxV, weight_F):
     Returns (kl, tv, sq) scalars; kl is +inf where M gives 0 to a token P does
     not, never NaN (zero-weight contexts contribute nothing).
     """
-    pos = true_FxV > 0
-    diff = true_FxV - model_FxV
-    # KL as sum_{P>0} P (x - log1p x) + sum_{P=0} M with x = (M - P) / P: equal
-    # to sum P ln(P/M) when both rows sum to 1, but every term is >= 0 and
-    # second order in M - P, so a KL of 1e-7 is not lost to float32 rounding.
-    x = -diff / jnp.where(pos, true_FxV, 1.0)
-    kl_terms = jnp.where(pos, true_FxV * (x - jnp.log1p(x)), model_FxV)
-
     def average(row_F):
         return total(jnp.where(weight_F > 0, weight_F * row_F, 0.0))
 
-    kl = average(tree_sum(kl_terms, axis=-1))
-    tv = average(0.5 * tree_sum(jnp.abs(diff), axis=-1))
-    sq = average(tree_sum(diff * diff, axis=-1))
-    return kl, tv, sq
+    return tuple(average(row) for row in divergence_rows(model_FxV, true_FxV))
+
+
+def divergence_rows(model_xV, true_xV):
+    """Per row (any leading shape): KL(P || M), total variation and squared L2.
+
+    KL is summed as sum_{P>0} P (x - log1p x) + sum_{P=0} M with
+    x = (M - P) / P: equal to sum P ln(P/M) when both rows sum to 1, but every
+    term is >= 0 and second order in M - P, so a KL of 1e-7 is not lost to
+    float32 rounding (and a model close to the truth never scores below 0).
+    """
+    pos = true_xV > 0
+    diff = true_xV - model_xV
+    x = -diff / jnp.where(pos, true_xV, 1.0)
+    kl_terms = jnp.where(pos, true_xV * (x - jnp.log1p(x)), model_xV)
+    return tree_sum(kl_terms, axis=-1), 0.5 * tree_sum(jnp.abs(diff), axis=-1), tree_sum(diff * diff, axis=-1)
 
 
 def support(counts_CxV, probs_CxV):

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kernels import sampling
+from kernels import metrics, sampling
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def _attend(q, k, v, mask, arch: Arch):
     """Scaled dot-product attention, softmax in float32. q [B,T,H,dh], k/v
     [B,S,H,dh], mask [T,S] -> [B,T,H,dh]."""
     q = q * jnp.asarray(1.0 / math.sqrt(arch.head_dim), q.dtype)  # scaled on [T, dh], not on the [T, S] scores
-    s = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32)
+    s = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)  # bf16 inputs, f32 scores
     s = s + jnp.where(mask, 0.0, -1e30).astype(jnp.float32)[None, None]  # additive: no select in the gradient
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
     return jnp.einsum("bhts,bshd->bthd", p, v)
@@ -156,7 +156,8 @@ class Transformer(nn.Module):
         a = self.arch
         B, L = tokens_BxL.shape
         inputs = jnp.concatenate([jnp.full((B, 1), a.vocab_size, tokens_BxL.dtype), tokens_BxL[:, :-1]], axis=1)
-        x = _onehot(inputs.reshape(-1), a.vocab_size + 1) @ self.embed.embedding
+        # HIGHEST: a lookup must not be rounded (GPUs may run float32 matmuls in TF32)
+        x = jnp.matmul(_onehot(inputs.reshape(-1), a.vocab_size + 1), self.embed.embedding, precision=jax.lax.Precision.HIGHEST)
         x = (x.reshape(B, L, -1) + self.pos[None, :L]).reshape(B * L, -1)
         for block in self.blocks:
             x = block(x, B)
@@ -283,10 +284,7 @@ def position_sums(arch: Arch, params, tokens_NxL, truth_NxLxV=None):
         "nll": -jnp.sum(jnp.take_along_axis(logp, tokens_NxL[..., None].astype(jnp.int32), axis=-1)[..., 0], axis=-1),
         "entropy": -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=(-1, -2)),
     }
-    if truth_NxLxV is not None:
-        t = truth_NxLxV.astype(jnp.float32)
-        safe = jnp.where(t > 0, t, 1.0)
-        out["kl"] = jnp.sum(jnp.where(t > 0, t * (jnp.log(safe) - logp), 0.0), axis=(-1, -2))
-        out["tv"] = 0.5 * jnp.sum(jnp.abs(t - p), axis=(-1, -2))
-        out["sq"] = jnp.sum((t - p) ** 2, axis=(-1, -2))
+    if truth_NxLxV is not None:  # the n-gram family's per-row divergences, summed over positions
+        kl, tv, sq = metrics.divergence_rows(p, truth_NxLxV.astype(jnp.float32))
+        out.update(kl=jnp.sum(kl, axis=-1), tv=jnp.sum(tv, axis=-1), sq=jnp.sum(sq, axis=-1))
     return out
