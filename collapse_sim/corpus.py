@@ -104,10 +104,9 @@ def init_state(policy, real_NxL, order, vocab_size, cap, dtype, counts=True, mod
     """Corpus state after R is drawn (before S_0 is admitted)."""
     N0, L = real_NxL.shape
     table = jnp.zeros((0, vocab_size), jnp.int32)
-    if keeps_counts(policy, counts) and policy == "accumulate":
-        table = ngram.fit_counts(real_NxL, jnp.ones(N0, jnp.int32), order, vocab_size)
-    elif keeps_counts(policy, counts):
-        table = jnp.zeros((ngram.num_contexts(order, vocab_size), vocab_size), jnp.int32)
+    if keeps_counts(policy, counts):
+        table = (ngram.fit_counts(real_NxL, jnp.ones(N0, jnp.int32), order, vocab_size) if policy == "accumulate"
+                 else jnp.zeros((ngram.num_contexts(order, vocab_size), vocab_size), jnp.int32))
     real = real_NxL.astype(dtype) if keeps_real(policy, counts) else jnp.zeros((0, L), dtype)
     return CorpusState(real, jnp.zeros((cap, L), dtype), jnp.int32(0), table, tuple(model))
 
@@ -126,6 +125,14 @@ def _top_rows(key, n_valid, size, take):
     return jax.lax.top_k(score, take)[1]
 
 
+def _corpus_rows(state, idx, real_sequences):
+    """Rows idx of C_g = R followed by the synth buffer (indices < N0 are R's)."""
+    N0, cap = real_sequences, state.synth.shape[0]
+    real = state.real[jnp.clip(idx, 0, N0 - 1)]
+    synth = state.synth[jnp.clip(idx - N0, 0, cap - 1)]
+    return jnp.where((idx < N0)[:, None], real, synth)
+
+
 def _selection(policy, state, key, real_count, train_sequences, real_sequences, fresh_fn):
     """The rows of T_g for the selecting policies (accumulate_subsample, mix,
     fresh): (rows, weight 0/1 per row, real tokens, total tokens)."""
@@ -135,13 +142,8 @@ def _selection(policy, state, key, real_count, train_sequences, real_sequences, 
     select_key = jax.random.fold_in(key, SELECT)
     if policy == "accumulate_subsample":
         idx = _top_rows(select_key, N0 + state.n_synth, N0 + cap, m)
-        from_real = idx < N0
-        rows = jnp.where(
-            from_real[:, None],
-            state.real[jnp.clip(idx, 0, N0 - 1)],
-            state.synth[jnp.clip(idx - N0, 0, cap - 1)],
-        )
-        return rows, jnp.ones(m, jnp.int32), jnp.sum(from_real).astype(jnp.int32) * L, jnp.int32(m * L)
+        rows = _corpus_rows(state, idx, N0)
+        return rows, jnp.ones(m, jnp.int32), jnp.sum(idx < N0).astype(jnp.int32) * L, jnp.int32(m * L)
     # mix / fresh: r real sequences and m - r generated ones
     take_s = min(m, cap)
     s_idx = _top_rows(select_key, state.n_synth, cap, take_s)
@@ -189,11 +191,7 @@ def training_rows(policy, state, key, real_count, train_sequences, real_sequence
     if policy == "replace":
         return (lambda idx: as_int(state.synth[idx])), state.n_synth, jnp.int32(0), state.n_synth * L
     if policy == "accumulate":
-        def fetch(idx):
-            real = state.real[jnp.clip(idx, 0, N0 - 1)]
-            synth = state.synth[jnp.clip(idx - N0, 0, cap - 1)]
-            return as_int(jnp.where((idx < N0)[:, None], real, synth))
-
+        fetch = lambda idx: as_int(_corpus_rows(state, idx, N0))  # noqa: E731
         return fetch, N0 + state.n_synth, jnp.int32(N0 * L), (N0 + state.n_synth) * L
     rows, weight, real_tokens, train_tokens = _selection(policy, state, key, real_count, train_sequences, N0, fresh_fn)
     m = train_sequences

@@ -216,20 +216,20 @@ def _finish(spec, source, world, params, state, key, counts, real_tokens, train_
         sample, counted = ngram.sample(sample_key, cdf, spec.order, spec.vocab_size, spec.gen_capacity, spec.seq_len, valid)
     else:
         sample = ngram.sample(sample_key, cdf, spec.order, spec.vocab_size, spec.gen_capacity, spec.seq_len)
-    if spec.seq_len >= 2:
-        if counted is not None and spec.order == 2:  # the bigram counts are already there
-            out["distinct_2"] = metrics.distinct_2_from_counts(counted, params.k, spec.seq_len)
-        else:
-            out["distinct_2"] = metrics.distinct_2(sample, params.k, spec.vocab_size)
-    out["unique_seq"] = metrics.unique_sequences(sample, params.k)
+    _sample_metrics(spec, out, sample, params.k, counted if spec.order == 2 else None)
     out["real_tokens"], out["train_tokens"] = real_tokens, train_tokens
     state = corpus.admit(spec.policy, state, sample, params.k, counted)
     return state, out
 
 
-def _sample_metrics(spec, out, sample, k):
+def _sample_metrics(spec, out, sample, k, bigram_counts=None):
+    """distinct_2 and unique_seq of S_g's first k rows; distinct_2 reads the
+    sample's bigram counts when sampling already made them."""
     if spec.seq_len >= 2:
-        out["distinct_2"] = metrics.distinct_2(sample, k, spec.vocab_size)
+        if bigram_counts is not None:
+            out["distinct_2"] = metrics.distinct_2_from_counts(bigram_counts, k, spec.seq_len)
+        else:
+            out["distinct_2"] = metrics.distinct_2(sample, k, spec.vocab_size)
     out["unique_seq"] = metrics.unique_sequences(sample, k)
 
 
@@ -280,9 +280,8 @@ def _neural_finish(spec, world, params, state, key, p, losses, real_tokens, trai
     return state, out
 
 
-def _neural_init(spec, source, world, params, real):
+def _neural_init(spec, world, params, real, key):
     state = corpus.init_state(spec.policy, real, 0, spec.vocab_size, spec.capacity, spec.dtype, counts=False)
-    key = jax.random.fold_in(jax.random.wrap_key_data(params.trajectory_key), 0)
     p, losses = _neural_train(spec, params, key, lambda idx: real[idx], jnp.int32(spec.real_sequences), ())
     tokens = jnp.int32(spec.real_sequences * spec.seq_len)
     return _neural_finish(spec, world, params, state, key, p, losses, tokens, tokens)
@@ -291,15 +290,15 @@ def _neural_init(spec, source, world, params, real):
 def cell_init(spec: GroupSpec, source: Source, world: World, params: CellParams):
     """Generation 0: draw R, train M_0 on it, sample S_0. Returns (state, metrics)."""
     real = source.sample(world.source, jax.random.wrap_key_data(params.real_key), spec.real_sequences, spec.seq_len)
+    key = jax.random.fold_in(jax.random.wrap_key_data(params.trajectory_key), 0)
     if not spec.counts:
-        return _neural_init(spec, source, world, params, real)
+        return _neural_init(spec, world, params, real, key)
     state = corpus.init_state(spec.policy, real, spec.order, spec.vocab_size, spec.capacity, spec.dtype)
     if spec.policy == "accumulate":
         counts = state.counts
     else:
         counts = ngram.fit_counts(real, jnp.ones(spec.real_sequences, jnp.int32), spec.order, spec.vocab_size)
     tokens = jnp.int32(spec.real_sequences * spec.seq_len)
-    key = jax.random.fold_in(jax.random.wrap_key_data(params.trajectory_key), 0)
     return _finish(spec, source, world, params, state, key, counts, tokens, tokens)
 
 

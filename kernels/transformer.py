@@ -182,11 +182,16 @@ def logits(arch: Arch, params, tokens_BxL):
     return Transformer(arch).apply({"params": params}, tokens_BxL)
 
 
+def _log_probs(arch: Arch, params, tokens_BxL):
+    """(ln M(. | prefix) [B, L, V], ln M(token | prefix) [B, L]); the pick is a
+    one-hot product, whose gradient is no scatter."""
+    logp = jax.nn.log_softmax(logits(arch, params, tokens_BxL), axis=-1)
+    return logp, jnp.sum(logp * _onehot(tokens_BxL, arch.vocab_size), axis=-1)
+
+
 def nll(arch: Arch, params, tokens_BxL, weight_B=None):
     """Mean negative log-likelihood per token (nats) over the weighted sequences."""
-    lg = logits(arch, params, tokens_BxL)
-    logp = jax.nn.log_softmax(lg, axis=-1)
-    tok_nll = -jnp.sum(logp * _onehot(tokens_BxL, arch.vocab_size), axis=-1)
+    tok_nll = -_log_probs(arch, params, tokens_BxL)[1]
     per_seq = jnp.mean(tok_nll, axis=-1)
     if weight_B is None:
         return jnp.mean(per_seq)
@@ -278,10 +283,10 @@ def position_sums(arch: Arch, params, tokens_NxL, truth_NxLxV=None):
     `nll` (-ln M(token | its prefix)), `entropy` (of M's next-token
     distribution) and, given the true next-token distribution of every
     position, `kl` (KL(P || M)), `tv` (1/2 sum |P - M|) and `sq` (sum (P - M)^2)."""
-    logp = jax.nn.log_softmax(logits(arch, params, tokens_NxL), axis=-1)
+    logp, tok_logp = _log_probs(arch, params, tokens_NxL)
     p = jnp.exp(logp)
     out = {
-        "nll": -jnp.sum(jnp.take_along_axis(logp, tokens_NxL[..., None].astype(jnp.int32), axis=-1)[..., 0], axis=-1),
+        "nll": -jnp.sum(tok_logp, axis=-1),
         "entropy": -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=(-1, -2)),
     }
     if truth_NxLxV is not None:  # the n-gram family's per-row divergences, summed over positions
