@@ -24,6 +24,7 @@ import json
 import logging
 import re
 import shutil
+import sys
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,10 +70,43 @@ def _quiet_orbax() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def _is_closed_loop_echo(exc_type, exc, tb) -> bool:
+    """The error tensorstore prints when a write it was running for orbax ends
+    after orbax's event loop has closed: a failed save (a full disk) closes
+    the loop while its sibling writes are still in flight, and each one's
+    completion callback then fails in `loop.call_soon_threadsafe`."""
+    if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
+        return False
+    names = []
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return names[:1] == ["call_soon_threadsafe"]
+
+
+def _silence_closed_loop_echoes() -> None:
+    """tensorstore reports an exception raised in its completion callback as
+    unraisable (`sys.unraisablehook`): after a failed save that is a bare
+    traceback on stderr for each interrupted write, though the save's own error
+    is already reported in one line. Drop exactly those; everything else
+    reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_collapse_sim", False):
+        return
+
+    def hook(unraisable):
+        if not _is_closed_loop_echo(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback):
+            previous(unraisable)
+
+    hook._collapse_sim = True
+    sys.unraisablehook = hook
+
+
 def _ocp():
     import orbax.checkpoint as ocp
 
     _quiet_orbax()
+    _silence_closed_loop_echoes()
     return ocp
 
 
