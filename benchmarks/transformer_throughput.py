@@ -106,7 +106,9 @@ class Engine:
             key = jax.random.wrap_key_data(params.trajectory_key)
             return engine._neural_train(spec, params, key, lambda idx: rows_NxL[idx], n, ())[1]
 
-        fn = jax.shard_map(jax.vmap(train_one), mesh=runner.mesh, in_specs=(P("cells"), P("cells")), out_specs=P("cells"), check_vma=False)
+        over = runner.over_cells(lambda _w, _g, cell: train_one(*cell))  # in the engine's passes of cells
+        fn = jax.shard_map(lambda params, rows: over(None, None, (params, rows)), mesh=runner.mesh,
+                           in_specs=(P("cells"), P("cells")), out_specs=P("cells"), check_vma=False)
         train = jax.jit(fn)
         self._train = lambda params: train(params, rows)
 

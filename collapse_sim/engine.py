@@ -3,7 +3,10 @@
 `cell_init` (generation 0, trained on R) and `cell_step` (generation g >= 1)
 work on one cell; `GroupRunner` vmaps them over a chunk of cells, shards the
 chunk's cells axis across the local devices with shard_map, and jits the
-result once per group, donating the corpus state.
+result once per group, donating the corpus state. On CPU devices a
+transformer chunk's cells go through in passes of a few cells per device
+(`CPU_PASS_SEQUENCES`; a lax.map over vmapped passes), so a pass's
+activations stay in cache.
 
 Two model families share this path. An n-gram model is its counts: the
 policies hand over the counts of T_g and metrics are exact over the table. A
@@ -33,6 +36,14 @@ from kernels import metrics, ngram, transformer
 
 SAMPLE = 0  # key purpose of sampling S_g (corpus.SELECT = 1, corpus.FRESH = 2)
 INIT, TRAIN = 3, 4  # transformer: fresh parameters, training batches
+# Transformer training sequences per pass on a CPU device: a chunk's cells go
+# through in lax.map passes of max(1, CPU_PASS_SEQUENCES // batch) cells
+# (vmapped when more than one). Measured at d_model 32, L 32 (docs/architecture.md):
+# at batch 32, passes of 2 cells train about 1.25x faster per cell than 8,
+# whose attention scores (cells x batch x heads x L x L floats) outgrow the
+# core's L2 cache; at batch 64, single cells beat pairs by about 8 %. A vmap
+# of one cell is slow (1.5x), so a single cell runs unvmapped.
+CPU_PASS_SEQUENCES = 64
 
 
 @dataclass(frozen=True)
@@ -348,10 +359,40 @@ class GroupRunner:
         def batched(fn, in_specs):
             return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=P("cells"), check_vma=False)
 
-        init = batched(jax.vmap(partial(cell_init, spec, source), in_axes=(None, 0)), (P(), P("cells")))
-        step = batched(jax.vmap(partial(cell_step, spec, source), in_axes=(None, 0, None, 0)), (P(), P("cells"), P(), P("cells")))
-        self._init = jax.jit(init)
-        self._step = jax.jit(step, donate_argnums=(1,))
+        self.pass_cells = None  # all of a device's cells at once
+        if not spec.counts and devices[0].platform == "cpu":
+            self.pass_cells = max(1, CPU_PASS_SEQUENCES // spec.training.batch_size)
+        over = self.over_cells
+
+        def init(world, params):
+            return over(lambda w, _, p: cell_init(spec, source, w, p))(world, None, params)
+
+        def step(world, state, g, params):
+            return over(lambda w, g, sp: cell_step(spec, source, w, sp[0], g, sp[1]))(world, g, (state, params))
+
+        self._init = jax.jit(batched(init, (P(), P("cells"))))
+        self._step = jax.jit(batched(step, (P(), P("cells"), P(), P("cells"))), donate_argnums=(1,))
+
+    def over_cells(self, one):
+        """one(world, g, cell) of a single cell -> the same over a device's
+        cells (the leaves of `cell` carry the cells axis): one vmap, or with
+        `pass_cells` a lax.map over passes of that many cells (vmapped within
+        a pass of more than one)."""
+        together = jax.vmap(one, in_axes=(None, None, 0))
+        k = self.pass_cells
+
+        def over(world, g, cells):
+            n = jax.tree.leaves(cells)[0].shape[0]
+            if k == 1:
+                return jax.lax.map(lambda c: one(world, g, c), cells)
+            if k is None or n <= k or n % k:
+                return together(world, g, cells)
+            # explicit shapes: lax.map(batch_size=) cannot reshape the empty buffers
+            split = jax.tree.map(lambda a: a.reshape(n // k, k, *a.shape[1:]), cells)
+            out = jax.lax.map(lambda c: together(world, g, c), split)
+            return jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), out)
+
+        return over
 
     def put_params(self, params: CellParams) -> CellParams:
         return jax.device_put(params, self.cells)

@@ -24,10 +24,10 @@ from kernels import sampling, transformer
 
 INT32_MAX = 2**31 - 1
 INT_METRICS = ("support", "loss_nonfinite")
-# transformer cells per CPU device in one compiled batch: past about 8, a
-# training step's activations leave the caches and each cell gets slower
-# (d_model 32, batch 32: 2.9 ms per cell-step at 2-8 cells per device,
-# 3.6 ms at 32); more cells run as more chunks
+# transformer cells per CPU device in one compiled batch (a chunk); within it
+# they go through in passes of a few cells (engine.CPU_PASS_SEQUENCES), so a
+# larger chunk is no faster per cell, only coarser for progress, signals and
+# checkpoints; more cells run as more chunks
 CPU_NEURAL_CELLS = 8
 CPU_DTYPES = ("float32",)  # transformer compute dtypes run on CPU devices (bfloat16 is for GPUs and TPUs)
 MAX_CELLS = 1 << 22  # cells are planned as Python objects; 4M is hours of work for any group
