@@ -14,6 +14,9 @@ def record(name: str, result: dict, *rows: list[str]) -> None:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    with open(HERE / "RESULTS.md", "a") as f:
-        for row in rows:
-            f.write("| " + " | ".join([result["date"], name, result["machine"], *row]) + " |\n")
+    lines = [f"| {' | '.join([result['date'], name, result['machine'], *row])} |" for row in rows]
+    path = HERE / "RESULTS.md"
+    text = path.read_text().splitlines()
+    # the rows go at the end of the file's one table, ahead of the notes below it
+    last = max((i for i, line in enumerate(text) if line.startswith("|")), default=len(text) - 1)
+    path.write_text("\n".join(text[: last + 1] + lines + text[last + 1 :]) + "\n")
