@@ -77,11 +77,7 @@ def _is_closed_loop_echo(exc_type, exc, tb) -> bool:
     completion callback then fails in `loop.call_soon_threadsafe`."""
     if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
         return False
-    names = []
-    while tb is not None:
-        names.append(tb.tb_frame.f_code.co_name)
-        tb = tb.tb_next
-    return names[:1] == ["call_soon_threadsafe"]
+    return tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
 
 
 def _silence_closed_loop_echoes() -> None:
