@@ -45,7 +45,7 @@ from jax.sharding import Mesh, PartitionSpec as P  # noqa: E402
 
 from collapse_sim import config as cfgmod, scheduler  # noqa: E402
 from collapse_sim.engine import GroupRunner, make_world  # noqa: E402
-from kernels import ngram  # noqa: E402
+from collapse_sim.kernels import ngram  # noqa: E402
 from record import record  # noqa: E402
 
 

@@ -21,10 +21,8 @@ Nothing here unpickles: arrays are tensorstore/OCDBT files, metadata is JSON.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
-import sys
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,10 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from collapse_sim.results import METRICS_DIR, PART_RE, file_crc32
+from collapse_sim.rundir import stamped_path
 
 CKPT_DIR = "checkpoints"
 UNUSABLE_DIR = "unusable-checkpoints"
-FORMAT = 1  # of the checkpoint layout (the run directory has its own in run.json)
+FORMAT = 2  # of the checkpoint layout (1: parameters named by leaf order); the run directory has its own
 
 
 class SaveError(Exception):
@@ -63,46 +62,9 @@ def _reason(e: BaseException) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def _quiet_orbax() -> None:
-    """orbax logs every save at INFO and failures with a traceback; the CLI
-    reports failures itself, in one line."""
-    for name in ("absl", "orbax", "orbax.checkpoint"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-def _is_closed_loop_echo(exc_type, exc, tb) -> bool:
-    """The error tensorstore prints when a write it was running for orbax ends
-    after orbax's event loop has closed: a failed save (a full disk) closes
-    the loop while its sibling writes are still in flight, and each one's
-    completion callback then fails in `loop.call_soon_threadsafe`."""
-    if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
-        return False
-    return tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
-
-
-def _silence_closed_loop_echoes() -> None:
-    """tensorstore reports an exception raised in its completion callback as
-    unraisable (`sys.unraisablehook`): after a failed save that is a bare
-    traceback on stderr for each interrupted write, though the save's own error
-    is already reported in one line. Drop exactly those; everything else
-    reaches the previous hook."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_collapse_sim", False):
-        return
-
-    def hook(unraisable):
-        if not _is_closed_loop_echo(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback):
-            previous(unraisable)
-
-    hook._collapse_sim = True
-    sys.unraisablehook = hook
-
-
 def _ocp():
     import orbax.checkpoint as ocp
 
-    _quiet_orbax()
-    _silence_closed_loop_echoes()
     return ocp
 
 
@@ -196,29 +158,6 @@ class Checkpointer:
             self.wait()
         finally:
             self.mgr.close()
-
-
-def saver(ckpt: Checkpointer, writer, plan, fingerprint: dict):
-    """The `save` callback of `scheduler.run_plan` for a run directory: flush
-    the metric rows, then checkpoint every group's state with the metrics
-    manifest and the config fingerprint."""
-    from collapse_sim import scheduler
-
-    def save(chunks, reason: str) -> None:
-        writer.flush()
-        gens = [c.generation for c in chunks]
-        meta = {
-            "reason": reason,
-            "generation_min": min(gens),
-            "generation_max": max(gens),
-            "generations": plan.config.generations,
-            "cells_at": scheduler.cells_at(chunks),
-            "fingerprint": fingerprint,
-            "metrics": writer.manifest(),
-        }
-        ckpt.save(scheduler.snapshot(plan, chunks), meta)
-
-    return save
 
 
 @dataclass
@@ -328,8 +267,6 @@ def newest_usable(run_dir: str | Path) -> tuple[int | None, dict | None, list | 
 
 def set_aside(run_dir: str | Path, step: int) -> Path:
     """Move an unusable checkpoint out of orbax's directory (nothing is deleted)."""
-    from collapse_sim.rundir import stamped_path
-
     run_dir = Path(run_dir)
     (run_dir / UNUSABLE_DIR).mkdir(exist_ok=True)
     dest = stamped_path(run_dir / UNUSABLE_DIR, str(step))

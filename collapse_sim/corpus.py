@@ -1,53 +1,66 @@
-"""Fixed-capacity per-cell token buffers and the corpus policies of DESIGN §4.
+"""Fixed-capacity per-cell token buffers and the mechanics of the corpus policies.
 
-One cell at a time (the engine vmaps). A policy turns the corpus state into
-the counts of the training set T_g, and admits the new sample S_g. Every
-buffer has a fixed capacity and a valid length; nothing past the valid length
-is ever read (rows there carry weight 0 or are masked out of selection).
+One cell at a time (the engine vmaps). What each policy keeps and trains on
+is the table in `collapse_sim.policies`; this module reads it. A policy turns
+the corpus state into the training set T_g and admits the new sample S_g.
+Every buffer has a fixed capacity and a valid length; nothing past the valid
+length is ever read (rows there carry weight 0 or are masked out of selection).
+
+A model family trains either on tokens (the transformer: T_g as rows, read
+in place) or on counts of (context, token) pairs (the n-gram: a family with
+a count table, `CorpusSpec.count_rows` > 0). Under the policies whose T_g is
+all of C_g (replace, accumulate), a counting family's corpus is its running
+counts: no tokens are kept, and S_g is counted once, as it is sampled.
 
 Memory per cell (L = seq_len, k = generate.sequences, N0 = real.sequences,
-G = generations, C x V the n-gram table):
+G = generations, C x V the count table):
 
-| policy                 | token buffers                  | other          |
-|------------------------|--------------------------------|----------------|
-| replace                | none (counts of S_{g-1})       | C x V counts   |
-| accumulate             | none (counts of C_g)           | C x V counts   |
-| accumulate_subsample   | (N0 + (G + 1) k) x L           |                |
-| mix                    | (N0 + k) x L                   |                |
-| fresh                  | k x L                          |                |
+| policy               | counting family               | token family                   |
+|----------------------|-------------------------------|--------------------------------|
+| replace              | C x V counts of S_{g-1}       | k x L                          |
+| accumulate           | C x V counts of C_g           | (N0 + (G + 1) k) x L           |
+| accumulate_subsample | (N0 + (G + 1) k) x L          | (N0 + (G + 1) k) x L           |
+| mix                  | (N0 + k) x L                  | (N0 + k) x L                   |
+| fresh                | k x L                         | k x L                          |
 
-Only accumulate_subsample grows with the number of generations. For the two
-count policies the counts are sufficient statistics of the training set, so
-no tokens are kept: S_g is counted once, when it is admitted.
-
-A neural model (`counts=False`) has no sufficient statistics: it trains on
-tokens, so `replace` keeps S_{g-1} (k x L, like mix) and `accumulate` keeps
-R and every S_g ((N0 + (G + 1) k) x L, like accumulate_subsample).
-`training_rows` hands the trainer a row-fetch function over T_g instead of
-counts. Under `model.init: continue` the state also carries the previous
-generation's parameters (`model`, the leaves of the parameter tree).
+Under `model.init: continue` the state also carries the previous
+generation's parameters (`model`: a dict of arrays named by their path in
+the family's parameter tree).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels import ngram
+from collapse_sim.keys import FRESH, SELECT
+from collapse_sim.policies import POLICIES, Policy
 
-SELECT, FRESH = 1, 2  # key purposes under a generation's key (0 is sampling)
-MODEL_PREFIX = "param_"  # checkpoint names of the parameter leaves a state carries
+MODEL_PREFIX = "model."  # checkpoint names of the parameters a state carries: model.<path>
 
 
 class CorpusState(NamedTuple):
     real: jax.Array  # [N0 or 0, L] the real set R, kept where the policy rereads it
     synth: jax.Array  # [capacity, L] generated sequences
-    n_synth: jax.Array  # int32: valid rows of synth (accumulate: sequences admitted so far)
-    counts: jax.Array  # [C, V] int32: counts of T_{g+1} for the count policies ([0, V] otherwise)
-    model: tuple = ()  # the previous model's parameter leaves (transformer, init: continue)
+    n_synth: jax.Array  # int32: valid rows of synth (under counts: sequences admitted so far)
+    counts: jax.Array  # [C or 0, V] int32: counts of T_{g+1} where the corpus lives as counts
+    model: dict = {}  # the previous model's parameters by path (init: continue)
+
+
+class TrainingSet(NamedTuple):
+    """T_g as the family needs it: `counts` (int32 [C, V]) for a counting
+    family; else `fetch(idx)` -> rows idx (int32 [B], each in [0, n)) of T_g
+    as int32 [B, L]. real_tokens / train_tokens: T_g's real and total tokens."""
+
+    counts: jax.Array | None
+    fetch: Callable | None
+    n: jax.Array | None
+    real_tokens: jax.Array
+    train_tokens: jax.Array
 
 
 def token_dtype(vocab_size: int):
@@ -58,57 +71,95 @@ def token_dtype(vocab_size: int):
     raise ValueError(vocab_size)  # pragma: no cover
 
 
-COUNT_POLICIES = ("replace", "accumulate")  # T_g's counts are kept, not its tokens
+@dataclass(frozen=True)
+class CorpusSpec:
+    """The static shape of one cell's corpus."""
 
+    policy: str
+    real_sequences: int  # N0
+    seq_len: int  # L
+    gen_capacity: int  # the largest k of the group; each cell uses its own k rows
+    train_sequences: int  # m
+    generations: int  # G
+    vocab_size: int  # V
+    count_rows: int = 0  # C, rows of the family's count table; 0: the family trains on tokens
 
-def keeps_counts(policy: str, counts: bool = True) -> bool:
-    """Whether T_g lives as counts: the count policies of a count model."""
-    return counts and policy in COUNT_POLICIES
+    @property
+    def rule(self) -> Policy:
+        return POLICIES[self.policy]
 
+    @property
+    def counting(self) -> bool:
+        """The family trains on counts."""
+        return self.count_rows > 0
 
-def capacity(policy: str, gen_capacity: int, generations: int, counts: bool = True) -> int:
-    """Rows of the synth buffer a policy needs for a whole run (`counts`:
-    the model is trained from counts, the n-gram family)."""
-    if keeps_counts(policy, counts):
-        return 0
-    if policy in ("accumulate_subsample", "accumulate"):
-        return (generations + 1) * gen_capacity
-    return gen_capacity
+    @property
+    def as_counts(self) -> bool:
+        """T_g lives as counts, not tokens."""
+        return self.rule.as_counts(self.counting)
 
+    @property
+    def stores_real(self) -> bool:
+        return self.rule.stores_real(self.counting)
 
-def keeps_real(policy: str, counts: bool = True) -> bool:
-    return policy in ("accumulate_subsample", "mix") or (policy == "accumulate" and not counts)
+    @property
+    def capacity(self) -> int:
+        """Rows of the synth buffer for the whole run."""
+        return self.rule.capacity(self.gen_capacity, self.generations, self.counting)
 
+    @property
+    def dtype(self):
+        return token_dtype(self.vocab_size)
 
-def state_shapes(policy, real_sequences, seq_len, cap, contexts, vocab_size, dtype, counts=True, model=()) -> CorpusState:
-    """(shape, dtype) of each field of one cell's state, as `init_state` makes
-    it; `model`: (shape, dtype) of each parameter leaf carried."""
-    real_rows = real_sequences if keeps_real(policy, counts) else 0
-    count_rows = contexts if keeps_counts(policy, counts) else 0
-    return CorpusState(
-        ((real_rows, seq_len), np.dtype(dtype)),
-        ((cap, seq_len), np.dtype(dtype)),
-        ((), np.dtype(np.int32)),
-        ((count_rows, vocab_size), np.dtype(np.int32)),
-        tuple((tuple(shape), np.dtype(dt)) for shape, dt in model),
-    )
+    def shapes(self, capacity: int | None = None, model: dict | None = None) -> CorpusState:
+        """(shape, dtype) of each field of one cell's state, as `init_state`
+        makes it (synth buffer of `capacity` rows, default the spec's);
+        `model`: (shape, dtype) of each parameter carried, by name."""
+        cap = self.capacity if capacity is None else capacity
+        dt, L = np.dtype(self.dtype), self.seq_len
+        return CorpusState(
+            ((self.real_sequences if self.stores_real else 0, L), dt),
+            ((cap, L), dt),
+            ((), np.dtype(np.int32)),
+            ((self.count_rows if self.as_counts else 0, self.vocab_size), np.dtype(np.int32)),
+            {name: (tuple(shape), np.dtype(d)) for name, (shape, d) in (model or {}).items()},
+        )
+
+    def state_bytes(self, model: dict | None = None) -> int:
+        """Bytes of one cell's state (what stays resident between blocks)."""
+        shapes = self.shapes(model=model)
+        return sum(int(np.prod(shape)) * dt.itemsize for shape, dt in (*shapes[:4], *shapes.model.values()))
 
 
 def zeros(shapes: CorpusState, n: int) -> CorpusState:
-    """A batch of n all-zero states of the given `state_shapes`."""
+    """A batch of n all-zero states of the given `CorpusSpec.shapes`."""
     z = lambda sd: np.zeros((n, *sd[0]), sd[1])  # noqa: E731
-    return CorpusState(*(z(sd) for sd in shapes[:4]), tuple(z(sd) for sd in shapes.model))
+    return CorpusState(*(z(sd) for sd in shapes[:4]), {name: z(sd) for name, sd in shapes.model.items()})
 
 
-def init_state(policy, real_NxL, order, vocab_size, cap, dtype, counts=True, model=()):
-    """Corpus state after R is drawn (before S_0 is admitted)."""
+def init_state(cs: CorpusSpec, real_NxL, count_fn=None) -> CorpusState:
+    """Corpus state after R is drawn (before S_0 is admitted).
+
+    count_fn(tokens, weight) -> int32 [C, V]: the family's counts (counting families)."""
     N0, L = real_NxL.shape
-    table = jnp.zeros((0, vocab_size), jnp.int32)
-    if keeps_counts(policy, counts):
-        table = (ngram.fit_counts(real_NxL, jnp.ones(N0, jnp.int32), order, vocab_size) if policy == "accumulate"
-                 else jnp.zeros((ngram.num_contexts(order, vocab_size), vocab_size), jnp.int32))
-    real = real_NxL.astype(dtype) if keeps_real(policy, counts) else jnp.zeros((0, L), dtype)
-    return CorpusState(real, jnp.zeros((cap, L), dtype), jnp.int32(0), table, tuple(model))
+    table = jnp.zeros((0, cs.vocab_size), jnp.int32)
+    if cs.as_counts:
+        table = (count_fn(real_NxL, jnp.ones(N0, jnp.int32)) if cs.rule.keeps_real
+                 else jnp.zeros((cs.count_rows, cs.vocab_size), jnp.int32))
+    real = real_NxL.astype(cs.dtype) if cs.stores_real else jnp.zeros((0, L), cs.dtype)
+    return CorpusState(real, jnp.zeros((cs.capacity, L), cs.dtype), jnp.int32(0), table, {})
+
+
+def first_training_set(cs: CorpusSpec, state: CorpusState, real_NxL, count_fn=None) -> TrainingSet:
+    """T_0 = R."""
+    tokens = jnp.int32(cs.real_sequences * cs.seq_len)
+    if not cs.counting:
+        return TrainingSet(None, lambda idx: real_NxL[idx], jnp.int32(cs.real_sequences), tokens, tokens)
+    if cs.as_counts and cs.rule.keeps_real:  # the corpus already counted R
+        counts = state.counts
+    else:
+        counts = count_fn(real_NxL, jnp.ones(cs.real_sequences, jnp.int32))
+    return TrainingSet(counts, None, None, tokens, tokens)
 
 
 def _top_rows(key, n_valid, size, take):
@@ -133,14 +184,12 @@ def _corpus_rows(state, idx, real_sequences):
     return jnp.where((idx < N0)[:, None], real, synth)
 
 
-def _selection(policy, state, key, real_count, train_sequences, real_sequences, fresh_fn):
-    """The rows of T_g for the selecting policies (accumulate_subsample, mix,
+def _selection(cs: CorpusSpec, state, key, real_count, fresh_fn):
+    """The rows of T_g for the drawing policies (accumulate_subsample, mix,
     fresh): (rows, weight 0/1 per row, real tokens, total tokens)."""
-    N0, L = real_sequences, state.synth.shape[1]
-    cap = state.synth.shape[0]
-    m = train_sequences
+    N0, L, cap, m = cs.real_sequences, cs.seq_len, state.synth.shape[0], cs.train_sequences
     select_key = jax.random.fold_in(key, SELECT)
-    if policy == "accumulate_subsample":
+    if cs.rule.draw == "subsample":
         idx = _top_rows(select_key, N0 + state.n_synth, N0 + cap, m)
         rows = _corpus_rows(state, idx, N0)
         return rows, jnp.ones(m, jnp.int32), jnp.sum(idx < N0).astype(jnp.int32) * L, jnp.int32(m * L)
@@ -149,7 +198,7 @@ def _selection(policy, state, key, real_count, train_sequences, real_sequences, 
     s_idx = _top_rows(select_key, state.n_synth, cap, take_s)
     s_rows = state.synth[s_idx]
     s_w = (jnp.arange(take_s) < m - real_count).astype(jnp.int32)
-    if policy == "mix":
+    if cs.rule.draw == "mix":
         take_r = min(m, N0)
         r_idx = _top_rows(jax.random.fold_in(select_key, 1), N0, N0, take_r)
         r_rows = state.real[r_idx]
@@ -161,59 +210,50 @@ def _selection(policy, state, key, real_count, train_sequences, real_sequences, 
     return rows, jnp.concatenate([r_w, s_w]), real_count * L, jnp.int32(m * L)
 
 
-def training_counts(policy, state, key, real_count, train_sequences, real_sequences, order, vocab_size, fresh_fn):
-    """Counts of T_g for g >= 1, and (real tokens, total tokens) of T_g.
+def training_set(cs: CorpusSpec, state: CorpusState, key, real_count, fresh_fn, count_fn=None) -> TrainingSet:
+    """T_g for g >= 1.
 
     real_count: int32 r = round(rho * m) (mix / fresh).
     fresh_fn: key, n -> n fresh real sequences (fresh only).
-    """
-    N0, L = real_sequences, state.synth.shape[1]
-    if policy == "replace":
-        return state.counts, jnp.int32(0), state.n_synth * L
-    if policy == "accumulate":
-        return state.counts, jnp.int32(N0 * L), (N0 + state.n_synth) * L
-    rows, weight, real_tokens, train_tokens = _selection(policy, state, key, real_count, train_sequences, N0, fresh_fn)
-    return ngram.fit_counts(rows, weight, order, vocab_size), real_tokens, train_tokens
+    count_fn: the family's counts of weighted rows (counting families).
 
-
-def training_rows(policy, state, key, real_count, train_sequences, real_sequences, fresh_fn):
-    """T_g for g >= 1 as rows to train on, for a model that trains on tokens:
-    (fetch, n, real tokens, total tokens), where fetch(idx) gives the rows
-    idx (int32 [B], each in [0, n)) of T_g, int32 [B, L].
-
-    replace and accumulate read the buffers in place (no copy of C_g per
-    generation); the selecting policies gather their m rows once, with the
+    A whole-corpus policy reads the buffers in place (no copy of C_g per
+    generation); the drawing policies gather their m rows once, with the
     real rows of mix / fresh first and the generated ones after them.
     """
-    N0, L = real_sequences, state.synth.shape[1]
-    cap = state.synth.shape[0]
-    as_int = lambda rows: rows.astype(jnp.int32)  # noqa: E731
-    if policy == "replace":
-        return (lambda idx: as_int(state.synth[idx])), state.n_synth, jnp.int32(0), state.n_synth * L
-    if policy == "accumulate":
-        fetch = lambda idx: as_int(_corpus_rows(state, idx, N0))  # noqa: E731
-        return fetch, N0 + state.n_synth, jnp.int32(N0 * L), (N0 + state.n_synth) * L
-    rows, weight, real_tokens, train_tokens = _selection(policy, state, key, real_count, train_sequences, N0, fresh_fn)
-    m = train_sequences
-    if policy != "accumulate_subsample":  # compact: the r weighted real rows, then the m - r generated ones
-        take_r = len(rows) - min(m, cap)
+    N0, L = cs.real_sequences, cs.seq_len
+    if cs.rule.whole:
+        real_n = N0 if cs.rule.keeps_real else 0
+        real_tokens, train_tokens = jnp.int32(real_n * L), (real_n + state.n_synth) * L
+        if cs.as_counts:
+            return TrainingSet(state.counts, None, None, real_tokens, train_tokens)
+        if cs.rule.keeps_real:
+            fetch = lambda idx: _corpus_rows(state, idx, N0).astype(jnp.int32)  # noqa: E731
+        else:
+            fetch = lambda idx: state.synth[idx].astype(jnp.int32)  # noqa: E731
+        return TrainingSet(None, fetch, real_n + state.n_synth, real_tokens, train_tokens)
+    rows, weight, real_tokens, train_tokens = _selection(cs, state, key, real_count, fresh_fn)
+    if cs.counting:
+        return TrainingSet(count_fn(rows, weight), None, None, real_tokens, train_tokens)
+    m = cs.train_sequences
+    if cs.rule.draw != "subsample":  # compact: the r weighted real rows, then the m - r generated ones
+        take_r = len(rows) - min(m, state.synth.shape[0])
         i = jnp.arange(m)
         rows = rows[jnp.where(i < real_count, i, take_r + i - real_count)]
-    return (lambda idx: as_int(rows[idx])), jnp.int32(m), real_tokens, train_tokens
+    return TrainingSet(None, lambda idx: rows[idx].astype(jnp.int32), jnp.int32(m), real_tokens, train_tokens)
 
 
-def admit(policy, state, sample_kxL, k, counts=None):
+def admit(cs: CorpusSpec, state: CorpusState, sample_kxL, k, counts=None) -> CorpusState:
     """The corpus after S_g (its first k rows valid) is admitted.
 
-    counts: the counts of S_g's first k rows, for the count policies of a
-    count model; None when the model trains on tokens.
+    counts: the counts of S_g's first k rows, where the corpus lives as counts.
     """
-    if counts is not None and policy == "replace":
+    if cs.as_counts:
+        if cs.rule.keeps_all:
+            return state._replace(counts=state.counts + counts, n_synth=state.n_synth + k)
         return state._replace(counts=counts, n_synth=jnp.asarray(k, jnp.int32))
-    if counts is not None and policy == "accumulate":
-        return state._replace(counts=state.counts + counts, n_synth=state.n_synth + k)
     sample = sample_kxL.astype(state.synth.dtype)
-    if policy in ("accumulate_subsample", "accumulate"):
+    if cs.rule.keeps_all:
         synth = jax.lax.dynamic_update_slice(state.synth, sample, (state.n_synth, 0))
         return state._replace(synth=synth, n_synth=state.n_synth + k)
     return state._replace(synth=sample, n_synth=jnp.asarray(k, jnp.int32))
@@ -230,7 +270,8 @@ def to_host(parts: CorpusState) -> dict[str, np.ndarray]:
     allows). The synth buffer is packed: only each cell's valid rows
     [0, n_synth) are kept, concatenated in cell order, so a checkpoint of
     accumulate_subsample holds what has been admitted so far, not the
-    capacity for the whole run; it is the one copy made of it.
+    capacity for the whole run; it is the one copy made of it. Parameters
+    are named model.<path>.
     """
     def cat(xs):
         return np.concatenate(xs) if len(xs) > 1 else np.array(xs[0])
@@ -244,8 +285,8 @@ def to_host(parts: CorpusState) -> dict[str, np.ndarray]:
             i += 1
     packed = np.concatenate(rows) if rows else np.zeros((0, L), parts.synth[0].dtype)
     out = {"real": cat(parts.real), "synth_rows": packed, "n_synth": n_synth, "counts": cat(parts.counts)}
-    for i, leaf in enumerate(parts.model):
-        out[f"{MODEL_PREFIX}{i:03d}"] = cat(leaf)
+    for name, leaf in parts.model.items():
+        out[MODEL_PREFIX + name] = cat(leaf)
     return out
 
 
@@ -262,5 +303,5 @@ def from_host(arrays: dict[str, np.ndarray], capacity: int) -> CorpusState:
     synth = np.zeros((n, capacity, L), rows.dtype)
     if capacity:
         synth[np.arange(capacity)[None, :] < valid[:, None]] = rows
-    model = tuple(arrays[name] for name in sorted(a for a in arrays if a.startswith(MODEL_PREFIX)))
+    model = {name[len(MODEL_PREFIX):]: a for name, a in arrays.items() if name.startswith(MODEL_PREFIX)}
     return CorpusState(real, synth, n_synth.astype(np.int32), arrays["counts"], model)

@@ -13,15 +13,49 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 METRICS_DIR = "metrics"
 PART_RE = re.compile(r"part-(\d{5,})\.parquet")
-# seconds between flushes of buffered rows; the environment may shorten it
-# to watch a run closely (the fault tests use it to write parts between checkpoints)
-FLUSH_SECONDS = float(os.environ.get("COLLAPSE_SIM_FLUSH_SECONDS", "30"))
+FLUSH_ENV = "COLLAPSE_SIM_FLUSH_SECONDS"
+
+
+def flush_seconds() -> float:
+    """Seconds between flushes of buffered rows (default 30); the environment
+    may shorten it to watch a run closely (the fault tests write parts
+    between checkpoints with it)."""
+    return float(os.environ.get(FLUSH_ENV, "30"))
+
+
+def column_value(value):
+    """A swept value as a Parquet scalar: lists (source.probs) become their YAML text."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(f"{v:g}" for v in value) + "]"
+    return value
+
+
+def metric_rows(spec, cells, generation: int, out: dict, sweep_keys: list[str]) -> dict:
+    """Columns of one generation's rows (DESIGN §6) for the real cells of a
+    chunk (`plan.Cell`s); `out`: the step's metrics of the padded batch."""
+    n = len(cells)
+    cols: dict = {
+        "cell": np.array([c.index for c in cells], np.int64),
+        "replicate": np.array([c.replicate for c in cells], np.int64),
+        "generation": np.full(n, generation, np.int64),
+    }
+    for key in sweep_keys:
+        cols[key] = [column_value(dict(c.point.values)[key]) for c in cells]
+    host = {k: np.asarray(v)[:n] for k, v in out.items()}
+    ints = spec.family.int_metrics
+    for name in spec.metric_names():
+        if name in ("real_tokens", "train_tokens"):
+            continue
+        cols[name] = host[name].astype(np.int64 if name in ints else np.float64)
+    cols["real_fraction"] = host["real_tokens"].astype(np.float64) / host["train_tokens"].astype(np.float64)
+    return cols
 
 
 def file_crc32(path: Path) -> str:
@@ -45,14 +79,13 @@ class MetricsWriter:
         self.dir = Path(run_dir) / METRICS_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rows_per_part = rows_per_part
-        self.seconds = FLUSH_SECONDS if seconds is None else seconds
+        self.seconds = flush_seconds() if seconds is None else seconds
         self._tables: list[pa.Table] = []
         self._rows = 0
         self._last = time.monotonic()
         self.parts = list(parts or [])
         numbers = [int(m.group(1)) for p in self.dir.iterdir() if (m := PART_RE.fullmatch(p.name))]
         self._next = max(numbers) + 1 if numbers else 0
-        self.rows_written = 0
 
     def add(self, columns: dict) -> None:
         table = pa.table(columns)
@@ -71,7 +104,6 @@ class MetricsWriter:
         os.replace(tmp, path)
         self.parts.append({"name": path.name, "rows": table.num_rows, "bytes": path.stat().st_size, "crc32": file_crc32(path)})
         self._next += 1
-        self.rows_written += table.num_rows
         self._tables, self._rows, self._last = [], 0, time.monotonic()
 
     def manifest(self) -> dict:

@@ -23,9 +23,15 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from collapse_sim.config import Config
+from collapse_sim.schema import Config, unused_model_keys
 
-FORMAT_VERSION = 2  # 1: runs of before checkpoints (issue 2), which cannot be resumed
+FORMAT_VERSION = 3
+# what made a run directory of an older format, and what can resume it
+OLDER_FORMATS = {
+    1: "was made before checkpoints existed and cannot be resumed; start a new run",
+    2: "was written by collapse-sim 0.1 (checkpoints name parameters by leaf order); "
+       "resume it with that version: pip install 'collapse_sim==0.1.*'",
+}
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".lock"
@@ -77,10 +83,9 @@ def read_info(run_dir: Path) -> dict:
     if not isinstance(info, dict) or "format" not in info:
         raise UserError(f"{path}: not a collapse-sim run file (no format field)")
     if info["format"] != FORMAT_VERSION:
-        raise UserError(
-            f"{run_dir}: run directory format {info['format']!r}; this collapse-sim reads format {FORMAT_VERSION} "
-            "(runs made before checkpoints existed cannot be resumed; start a new run)"
-        )
+        why = OLDER_FORMATS.get(info["format"], "is not one this version knows (made by a newer collapse-sim?)")
+        raise UserError(f"{run_dir}: run directory format {info['format']!r} {why}; "
+                        f"this collapse-sim reads format {FORMAT_VERSION}")
     for key, kind in (("generations", int), ("name", str), ("cells", int)):
         if not isinstance(info.get(key), kind):
             raise UserError(f"{path}: {key}: missing or not a {kind.__name__}")
@@ -147,8 +152,6 @@ def fingerprint(cfg: Config, source_digests: list[str]) -> dict:
     sweep as ``sweep.<key>``), with the content digest of each source. Not
     included: FREE_KEYS, `generations` (extended with --generations) and the
     model keys of the other family."""
-    from collapse_sim.config import unused_model_keys
-
     flat = _flat(cfg.to_dict())
     for key in FREE_KEYS + ("generations",) + tuple(unused_model_keys(cfg.model.kind)):
         flat.pop(key, None)
@@ -162,3 +165,19 @@ def changed_key(saved: dict, now: dict) -> tuple[str, object, object] | None:
         if saved.get(key) != now.get(key):
             return key, saved.get(key), now.get(key)
     return None
+
+
+def at_text(at: dict) -> str:
+    """'every cell at generation 10' or '12 cells at generation 10, 24 not started'."""
+    if len(at) == 1:
+        (g, _), = at.items()
+        return "no cell started" if g == "-1" else f"every cell at generation {g}"
+    return ", ".join(f"{n:,} cells " + ("not started" if g == "-1" else f"at generation {g}") for g, n in at.items())
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover

@@ -25,11 +25,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from collapse_sim.config import ConfigError, SourceConfig
-from kernels import ngram, sampling
+from collapse_sim.kernels import ngram, sampling
 
 BUILTIN_TEXT = "pydoc_topics.txt.gz"
 HELDOUT_SHARE = 0.1  # the last tenth of a text is held out, never trained on
 MAX_SOURCE_ENTRIES = 1 << 25  # a markov table larger than this (256 MiB of float64) is refused
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """The static part of a source that drawing from it needs (hashable: a
+    compiled program is keyed by it); the arrays come from
+    `Source.device_arrays`."""
+
+    kind: str
+    vocab_size: int
+    table_order: int = 0
+
+    def sample(self, arrays: dict, key, n: int, seq_len: int):
+        """n sequences of seq_len real tokens, int32 [n, seq_len] (pure, jit-able)."""
+        if self.kind == "text":
+            return _windows(arrays["text"], key, n, seq_len)
+        return ngram.sample(key, arrays["cdf"], self.table_order, self.vocab_size, n, seq_len)
 
 
 @dataclass(frozen=True)
@@ -57,11 +74,13 @@ class Source:
             return {"text": jnp.asarray(self.text_train)}
         return {"cdf": jnp.asarray(self.table_cdf)}
 
+    @property
+    def sampler(self) -> Sampler:
+        return Sampler(self.kind, self.vocab_size, self.table_order)
+
     def sample(self, arrays: dict, key, n: int, seq_len: int):
         """n sequences of seq_len real tokens, int32 [n, seq_len] (pure, jit-able)."""
-        if self.kind == "text":
-            return _windows(arrays["text"], key, n, seq_len)
-        return ngram.sample(key, arrays["cdf"], self.table_order, self.vocab_size, n, seq_len)
+        return self.sampler.sample(arrays, key, n, seq_len)
 
     def heldout(self, key, n: int, seq_len: int) -> np.ndarray:
         """The held-out set: int32 [n, seq_len], never trained on."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from kernels.reduce import total, tree_sum
+from .reduce import total, tree_sum
 
 
 def heldout_nll(probs_CxV, hcounts_CxV):

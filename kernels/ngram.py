@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from kernels import sampling
+from . import sampling
 
 
 def num_contexts(order, vocab_size):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from kernels.reduce import prefix_sum, total
+from .reduce import prefix_sum, total
 
 CDF_BITS = 31
 CDF_TOTAL = 1 << CDF_BITS

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kernels import metrics, sampling
+from . import metrics, sampling
 
 
 @dataclass(frozen=True)
@@ -222,14 +222,15 @@ def _log_probs(arch: Arch, params, tokens_BxL):
     return logp, jnp.sum(logp * _onehot(tokens_BxL, arch.vocab_size), axis=-1)
 
 
-def nll(arch: Arch, params, tokens_BxL, weight_B=None):
-    """Mean negative log-likelihood per token (nats) over the weighted sequences."""
+def token_log_probs(arch: Arch, params, tokens_BxL):
+    """ln M(token | prefix) of every position, float32 [B, L]."""
+    return _log_probs(arch, params, tokens_BxL)[1]
+
+
+def nll(arch: Arch, params, tokens_BxL):
+    """Mean negative log-likelihood per token (nats) over the sequences."""
     tok_nll = -_log_probs(arch, params, tokens_BxL)[1]
-    per_seq = jnp.mean(tok_nll, axis=-1)
-    if weight_B is None:
-        return jnp.mean(per_seq)
-    w = weight_B.astype(jnp.float32)
-    return jnp.sum(per_seq * w) / jnp.maximum(jnp.sum(w), 1.0)
+    return jnp.mean(jnp.mean(tok_nll, axis=-1))
 
 
 def optimizer(learning_rate, weight_decay, steps: int, warmup: int, schedule: str, clip: float):

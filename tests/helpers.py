@@ -3,7 +3,7 @@
 import jax
 import pandas as pd
 
-from collapse_sim import config, scheduler
+from collapse_sim import config, loop, plan as planmod
 
 
 def run_rows(cfg, devices=None, keep=None, chunk=None) -> pd.DataFrame:
@@ -12,7 +12,7 @@ def run_rows(cfg, devices=None, keep=None, chunk=None) -> pd.DataFrame:
     keep(cell) -> bool filters the cells that run; chunk overrides the chunk size.
     """
     devices = devices or jax.local_devices()
-    plan = scheduler.make_plan(cfg, "test.yaml", devices)
+    plan = planmod.make_plan(cfg, "test.yaml", devices)
     for g in plan.groups:
         if keep is not None:
             g.cells = [c for c in g.cells if keep(c)]
@@ -20,7 +20,7 @@ def run_rows(cfg, devices=None, keep=None, chunk=None) -> pd.DataFrame:
             g.chunk_size = chunk
     plan.groups = [g for g in plan.groups if g.cells]
     frames = []
-    scheduler.run_plan(plan, lambda cols: frames.append(pd.DataFrame(cols)), devices=devices)
+    loop.run_plan(plan, lambda cols: frames.append(pd.DataFrame(cols)), devices=devices)
     return pd.concat(frames).sort_values(["cell", "generation"]).reset_index(drop=True)
 
 

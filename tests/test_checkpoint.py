@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_sim import checkpoint, cli, load_metrics, results, rundir, scheduler
+from collapse_sim import checkpoint, cli, load_metrics, loop, plan as planmod, results, rundir
 from tests.helpers import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_signal_saves_and_resume_equals_uninterrupted(tmp_path, reference, monke
 def test_rows_written_after_the_checkpoint_are_not_duplicated(tmp_path, reference, monkeypatch):
     """Parts flushed after the newest checkpoint (here: every batch of rows is a
     part) are dropped on resume, and their rows recomputed."""
-    monkeypatch.setattr(results, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setenv(results.FLUSH_ENV, "0")
     out = tmp_path / "run"
     SignalAfter(monkeypatch, 12)
     assert run_cli("run", write(tmp_path, TWO), "--out", out, "--quiet") == 143
@@ -139,12 +139,12 @@ def test_stop_mid_block_with_several_chunks_resumes_exactly():
                 "checkpoint.every=4"])
 
     def plan():
-        p = scheduler.make_plan(cfg, "test")
+        p = planmod.make_plan(cfg, "test")
         p.groups[0].chunk_size = 2  # 4 cells per batch on 2 devices: 3 chunks
         return p
 
     rows = []
-    scheduler.run_plan(plan(), rows.append)
+    loop.run_plan(plan(), rows.append)
     full = pd.concat(map(pd.DataFrame, rows)).sort_values(["cell", "generation"]).reset_index(drop=True)
 
     first, saved, emits = [], {}, [0]
@@ -154,18 +154,18 @@ def test_stop_mid_block_with_several_chunks_resumes_exactly():
         emits[0] += 1
 
     def save(chunks, reason):
-        saved["groups"], saved["reason"] = scheduler.snapshot(p1, chunks), reason
+        saved["groups"], saved["reason"] = loop.snapshot(p1, chunks), reason
 
     p1 = plan()
-    done = scheduler.run_plan(p1, emit, save=save, should_stop=lambda: emits[0] >= 20)
+    done = loop.run_plan(p1, emit, save=save, should_stop=lambda: emits[0] >= 20)
     assert not done and saved["reason"] == "stopped"
     gens = saved["groups"][0]["generation"]
     assert len(set(gens.tolist())) > 1, gens  # the chunks are at different generations
     p2 = plan()
     p2.groups[0].chunk_size = 6  # another chunking on resume
-    chunks = scheduler.restored_chunks(p2, saved["groups"], 2)
+    chunks = loop.restored_chunks(p2, saved["groups"], 2)
     rest = []
-    assert scheduler.run_plan(p2, rest.append, chunks=chunks)
+    assert loop.run_plan(p2, rest.append, chunks=chunks)
     got = pd.concat(map(pd.DataFrame, first + rest)).sort_values(["cell", "generation"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, full)
 
@@ -420,8 +420,8 @@ def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_previous(tmp_path
 ECHO_SCRIPT = """
 import asyncio, sys
 import tensorstore as ts
-from collapse_sim import checkpoint
-checkpoint._ocp()
+from collapse_sim import process
+process.configure_logging_and_hooks()
 # a tensorstore operation still in flight when the event loop awaiting it
 # closes, as orbax's sibling writes are when one of them fails
 promise, future = ts.Promise.new()

@@ -13,17 +13,22 @@ import numpy as np
 import pytest
 
 from collapse_sim import corpus
-from kernels import ngram
+from collapse_sim.kernels import ngram
 
 N0, CAP, L = 6, 10, 3
 V = N0 + CAP
+
+
+def spec(policy, m=5, vocab=V, count_rows=1, gen_capacity=CAP, generations=0):
+    """A corpus of a unigram counting family (one count row) unless count_rows=0."""
+    return corpus.CorpusSpec(policy, N0, L, gen_capacity, m, generations, vocab, count_rows)
 
 
 def state(policy, n_synth, counts=None):
     real = jnp.repeat(jnp.arange(N0)[:, None], L, axis=1).astype(jnp.uint8)
     synth = jnp.repeat(N0 + jnp.arange(CAP)[:, None], L, axis=1).astype(jnp.uint8)
     c = jnp.zeros((0, V), jnp.int32) if counts is None else counts
-    return corpus.CorpusState(real if corpus.keeps_real(policy) else real[:0], synth, jnp.int32(n_synth), c)
+    return corpus.CorpusState(real if spec(policy).stores_real else real[:0], synth, jnp.int32(n_synth), c)
 
 
 def fresh_rows(key, n):
@@ -32,7 +37,10 @@ def fresh_rows(key, n):
 
 @partial(jax.jit, static_argnames=("policy", "m"))
 def train(policy, st, key, r=0, m=5):
-    return corpus.training_counts(policy, st, key, jnp.int32(r), m, N0, 1, 100 if policy == "fresh" else V, fresh_rows)
+    vocab = 100 if policy == "fresh" else V
+    t = corpus.training_set(spec(policy, m, vocab), st, key, jnp.int32(r), fresh_rows,
+                            lambda rows, w: ngram.fit_counts(rows, w, 1, vocab))
+    return t.counts, t.real_tokens, t.train_tokens
 
 
 def uses(counts):
@@ -42,7 +50,7 @@ def uses(counts):
 def test_replace_trains_on_the_counts_of_the_last_sample_only():
     sample = jnp.asarray(np.repeat(np.arange(8)[:, None], L, axis=1))
     counted = ngram.fit_counts(sample, (jnp.arange(8) < 5).astype(jnp.int32), 1, V)
-    st = corpus.admit("replace", state("replace", 0, jnp.zeros((1, V), jnp.int32)), sample, jnp.int32(5), counted)
+    st = corpus.admit(spec("replace"), state("replace", 0, jnp.zeros((1, V), jnp.int32)), sample, jnp.int32(5), counted)
     counts, real, total = train("replace", st, jax.random.key(0))
     u = uses(counts)
     np.testing.assert_array_equal(u[:5], 1)
@@ -93,13 +101,13 @@ def test_mix_and_fresh_composition(policy):
 def test_admit():
     sample = jnp.full((4, L), 2, jnp.int32)
     st = state("accumulate", 8, jnp.zeros((1, V), jnp.int32))
-    st = corpus.admit("accumulate", st, sample, jnp.int32(3), ngram.fit_counts(sample, (jnp.arange(4) < 3).astype(jnp.int32), 1, V))
+    st = corpus.admit(spec("accumulate"), st, sample, jnp.int32(3), ngram.fit_counts(sample, (jnp.arange(4) < 3).astype(jnp.int32), 1, V))
     assert int(st.counts[0, 2]) == 3 * L and int(st.n_synth) == 11
-    st = corpus.admit("accumulate_subsample", state("accumulate_subsample", 5), sample, jnp.int32(3))
+    st = corpus.admit(spec("accumulate_subsample"), state("accumulate_subsample", 5), sample, jnp.int32(3))
     assert int(st.n_synth) == 8
     np.testing.assert_array_equal(np.asarray(st.synth[5:8]), 2)
     np.testing.assert_array_equal(np.asarray(st.synth[:5, 0]), N0 + np.arange(5))
-    st = corpus.admit("mix", state("mix", 9), sample, jnp.int32(3))
+    st = corpus.admit(spec("mix"), state("mix", 9), sample, jnp.int32(3))
     assert int(st.n_synth) == 3 and st.synth.shape == (4, L)
 
 
@@ -113,13 +121,12 @@ def test_state_shapes_describe_init_state(policy, counts):
     """The shapes the scheduler plans with (memory, empty cells in a
     checkpoint) are those init_state makes, for count and token models."""
     real = jnp.zeros((7, 5), jnp.int32)
-    model = (jnp.zeros((3, 2), jnp.float32),) if not counts else ()
-    cap = corpus.capacity(policy, 11, 2, counts)
-    state = corpus.init_state(policy, real, 2, 4, cap, np.uint8, counts, model)
-    want = corpus.state_shapes(policy, 7, 5, cap, 5 if counts else 0, 4, np.uint8, counts, [((3, 2), np.float32)] if model else ())
-    for a, (shape, dt) in zip((*state[:4], *state.model), (*want[:4], *want.model)):
+    cs = corpus.CorpusSpec(policy, 7, 5, 11, 4, 2, 4, 5 if counts else 0)
+    state = corpus.init_state(cs, real, (lambda rows, w: ngram.fit_counts(rows, w, 2, 4)) if counts else None)
+    want = cs.shapes()
+    for a, (shape, dt) in zip(state[:4], want[:4]):
         assert a.shape == shape and a.dtype == dt
-    assert len(state.model) == len(want.model)
+    assert state.model == {} and want.model == {}
     if not counts:  # a token model keeps every row it trains on: no counts, and R where it is reread
         assert state.counts.shape[0] == 0
         assert (state.real.shape[0] == 7) == (policy in ("accumulate", "accumulate_subsample", "mix"))
@@ -133,13 +140,13 @@ def test_training_rows_read_the_policy_training_set():
     real = jnp.arange(N0 * L).reshape(N0, L) % 7
     key = jax.random.key(3)
     for policy in ("replace", "accumulate", "mix"):
-        cap = corpus.capacity(policy, k, 3, counts=False)
-        st = corpus.init_state(policy, real, 0, 7, cap, np.uint8, counts=False)
+        cs = corpus.CorpusSpec(policy, N0, L, k, 4, 3, 7)
+        st = corpus.init_state(cs, real)
         s1 = jnp.full((k, L), 1)
-        st = corpus.admit(policy, st, s1, jnp.int32(k))
+        st = corpus.admit(cs, st, s1, jnp.int32(k))
         s2 = jnp.full((k, L), 2)
-        st = corpus.admit(policy, st, s2, jnp.int32(3))  # only 3 rows of S_1 are valid
-        fetch, n, real_tokens, train_tokens = corpus.training_rows(policy, st, key, jnp.int32(2), 4, N0, None)
+        st = corpus.admit(cs, st, s2, jnp.int32(3))  # only 3 rows of S_1 are valid
+        _, fetch, n, real_tokens, train_tokens = corpus.training_set(cs, st, key, jnp.int32(2), None)
         rows = np.asarray(fetch(jnp.arange(int(n))))
         if policy == "replace":
             assert int(n) == 3 and (rows == 2).all() and int(real_tokens) == 0 and int(train_tokens) == 3 * L

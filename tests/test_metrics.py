@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import metrics, ngram
+from collapse_sim.kernels import metrics, ngram
 from tests import reference as ref
 
 

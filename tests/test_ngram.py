@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import ngram
+from collapse_sim.kernels import ngram
 from tests import reference as ref
 
 

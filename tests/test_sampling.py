@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import sampling
+from collapse_sim.kernels import sampling
 from tests import reference as ref
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import transformer as T
+from collapse_sim.kernels import transformer as T
 from tests import reference
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_sim import checkpoint, cli, load_metrics, results, scheduler
+from collapse_sim import checkpoint, cli, keys, load_metrics, loop, plan as planmod, results
+from collapse_sim.families import transformer as ftransformer
 from collapse_sim.sources import build_source, entropy_rate
 from tests.helpers import load, run_rows
 
@@ -100,12 +101,12 @@ def test_a_sweep_larger_than_the_memory_budget_runs_in_chunks(monkeypatch):
     group into chunks (no out-of-memory), and the results are the same."""
     cfg = load(TINY + ["replicates=6", "generations=1"])
     full = run_rows(cfg)
-    spec = scheduler.make_plan(cfg, "t", jax.local_devices()).groups[0].spec
-    monkeypatch.setattr(scheduler, "memory_budget", lambda device=None: 2 * scheduler.cell_bytes(spec) + 1)
-    plan = scheduler.make_plan(cfg, "t", jax.local_devices())
+    spec = planmod.make_plan(cfg, "t", jax.local_devices()).groups[0].spec
+    monkeypatch.setattr(planmod, "memory_budget", lambda device=None: 2 * planmod.cell_bytes(spec) + 1)
+    plan = planmod.make_plan(cfg, "t", jax.local_devices())
     nd = len(jax.local_devices())
     assert plan.groups[0].chunk_size == 2 * nd < 6
-    assert len(scheduler.initial_chunks(plan, nd)) == -(-6 // (2 * nd))
+    assert len(loop.initial_chunks(plan, nd)) == -(-6 // (2 * nd))
     small = run_rows(cfg)
     for col in NEURAL_METRICS:
         np.testing.assert_allclose(small[col].to_numpy(), full[col].to_numpy(), rtol=1e-5, err_msg=col)
@@ -120,14 +121,14 @@ def test_memory_estimate_covers_what_xla_allocates():
     for extra in (["model.d_model=32", "model.batch_size=32", "model.layers=2", "generate.sequences=200",
                    "corpus.policy=accumulate", "generations=6"],):
         cfg = load(TINY + extra + ["replicates=4"])
-        plan = scheduler.make_plan(cfg, "t", jax.local_devices())
+        plan = planmod.make_plan(cfg, "t", jax.local_devices())
         group = plan.groups[0]
-        runner = GroupRunner(group.spec, group.source, make_world(group.spec, group.source, group.heldout))
-        params = runner.put_params(scheduler.cell_params(group.cells, group.source))
+        runner = GroupRunner(group.spec, make_world(group.spec, group.source, group.heldout))
+        params = runner.put(keys.cell_params(group.cells, group.source.digest, group.spec.family.traced))
         state, _ = runner.init(params)
-        stats = runner._step.lower(runner.world, state, np.int32(1), params).compile().memory_analysis()
+        stats = runner.programs.step.lower(runner.world, state, np.int32(1), params).compile().memory_analysis()
         used = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-        assert used / len(group.cells) <= scheduler.cell_bytes(group.spec), (extra, used / len(group.cells), scheduler.cell_parts(group.spec))
+        assert used / len(group.cells) <= planmod.cell_bytes(group.spec), (extra, used / len(group.cells), planmod.cell_parts(group.spec))
 
 
 def test_bfloat16_is_refused_on_cpu_and_its_code_path_runs(monkeypatch):
@@ -138,8 +139,8 @@ def test_bfloat16_is_refused_on_cpu_and_its_code_path_runs(monkeypatch):
     two runs draw different random streams: compared by their means.)"""
     cfg = load(TINY + ["model.dtype=bfloat16", "generations=1", "replicates=2"])
     with pytest.raises(Exception, match="model.dtype.*only CPU devices"):
-        scheduler.make_plan(cfg, "t.yaml", jax.local_devices())
-    monkeypatch.setattr(scheduler, "CPU_DTYPES", ("float32", "bfloat16"))
+        planmod.make_plan(cfg, "t.yaml", jax.local_devices())
+    monkeypatch.setattr(ftransformer, "CPU_DTYPES", ("float32", "bfloat16"))
     bf = run_rows(cfg)
     f32 = run_rows(load(TINY + ["generations=1", "replicates=2"]))
     assert np.isfinite(bf[NEURAL_METRICS].to_numpy()).all() and (bf["loss_nonfinite"] == 0).all()
@@ -188,7 +189,7 @@ def test_init_continue_resumes_from_its_checkpoint(tmp_path, monkeypatch, capsys
     monkeypatch.undo()
     step, meta, groups, bad = checkpoint.newest_usable(out)
     assert not bad and meta["generation_max"] < 5
-    assert any(name.startswith("param_") for name in groups[0])  # the parameters are saved
+    assert "model.blocks_0.attn.qkv.kernel" in groups[0] and "model.head.bias" in groups[0]  # saved by name
     assert cli.main(["resume", str(out), "--quiet"]) == 0
     a, b = load_metrics(out), load_metrics(ref)
     assert not a.duplicated(["cell", "generation"]).any() and len(a) == len(b) == 8 * 6

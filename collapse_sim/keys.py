@@ -1,0 +1,81 @@
+"""Random streams and per-cell traced values (DESIGN §7.1).
+
+A cell's trajectory key is fold_in(fold_in(fold_in(key(seed), h0), h1), r),
+with (h0, h1) two words of the SHA-256 of its canonical trajectory identity
+and r its replicate; its real key is built the same way from the hash of
+(source content, real.sequences, real.seq_len), so cells that share those
+share R. Inside the compiled step, generation g uses fold_in(trajectory, g)
+and then one purpose constant per use, below. Every result depends on these
+numbers: a new purpose takes a new number, an old one never changes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from collapse_sim import config as cfgmod
+
+SAMPLE = 0  # drawing S_g (position t folds in t)
+SELECT = 1  # choosing T_g's rows (mix's rows of R under a further fold_in of 1)
+FRESH = 2  # fresh's new real data
+INIT = 3  # a transformer's fresh parameters
+TRAIN = 4  # a transformer's batches (step i folds in i)
+
+
+class CellParams(NamedTuple):
+    """Per-cell traced values (a leading cells axis when batched): a new
+    value never recompiles."""
+
+    trajectory_key: jax.Array  # uint32 [2] key data
+    real_key: jax.Array  # uint32 [2] key data
+    k: jax.Array  # int32, generate.sequences
+    temperature: jax.Array  # float32
+    top_k: jax.Array  # int32
+    top_p: jax.Array  # float32
+    real_count: jax.Array  # int32, round(rho * m)
+    model: dict  # float32 per traced model key of the family (`Family.traced`)
+
+
+def heldout_key(source_digest: str, seq_len: int, n: int):
+    """The held-out set's key: no seed, no replicate (DESIGN §7.2)."""
+    h0, h1 = cfgmod.stable_hash({"purpose": "heldout", "source": source_digest, "seq_len": seq_len, "n": n})
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(0), h0), h1)
+
+
+@jax.jit
+def _derive_keys(seed_C, h0_C, h1_C, rep_C):
+    def one(seed, h0, h1, r):
+        k = jax.random.key(seed)
+        k = jax.random.fold_in(jax.random.fold_in(k, h0), h1)
+        return jax.random.key_data(jax.random.fold_in(k, r))
+
+    return jax.vmap(one)(seed_C, h0_C, h1_C, rep_C)
+
+
+def cell_params(cells, source_digest: str, traced: tuple[str, ...]) -> CellParams:
+    """Host-side per-cell traced values and keys for a list of cells
+    (`plan.Cell`); `traced`: the model keys the family takes per cell."""
+    configs = [cell.point.config for cell in cells]
+    traj = [cfgmod.stable_hash(cfgmod.trajectory_dict(c, source_digest)) for c in configs]
+    real = [cfgmod.stable_hash({"purpose": "real", "source": source_digest, "sequences": c.real.sequences,
+                                "seq_len": c.real.seq_len}) for c in configs]
+    u32 = lambda xs: jnp.asarray(np.asarray(xs, np.uint32))  # noqa: E731
+    reps = u32([cell.replicate for cell in cells])
+    t, r = np.asarray(traj, np.uint32), np.asarray(real, np.uint32)
+    seeds = u32([c.seed for c in configs])
+    return CellParams(
+        trajectory_key=_derive_keys(seeds, u32(t[:, 0]), u32(t[:, 1]), reps),
+        real_key=_derive_keys(seeds, u32(r[:, 0]), u32(r[:, 1]), reps),
+        k=jnp.asarray([c.generate.sequences for c in configs], jnp.int32),
+        temperature=jnp.asarray([c.generate.temperature for c in configs], jnp.float32),
+        top_k=jnp.asarray([c.generate.top_k for c in configs], jnp.int32),
+        top_p=jnp.asarray([c.generate.top_p for c in configs], jnp.float32),
+        real_count=jnp.asarray(
+            [cfgmod.real_count(c.corpus.real_fraction, c.corpus.train_sequences) for c in configs], jnp.int32
+        ),
+        model={name: jnp.asarray([getattr(c.model, name) for c in configs], jnp.float32) for name in traced},
+    )

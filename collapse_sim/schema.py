@@ -1,0 +1,159 @@
+"""The config schema: every key, its default and type, as frozen dataclasses (DESIGN §5).
+
+Pure data, read by the loader (`config`), the checks (`validate`), the
+fingerprint of a run directory and the families. `ConfigError` is the one
+error a user's config can raise: one line naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+SOURCE_KINDS = ("categorical", "markov", "text")
+# keys whose values do not change a cell's trajectory, and so cannot be swept
+MAX_VOCAB = 1 << 20  # tokens; a larger vocabulary cannot hold even a unigram table per cell
+UNSWEPT = ("name", "replicates", "generations", "checkpoint.every", "checkpoint.keep")
+
+
+class ConfigError(ValueError):
+    """A user's mistake in a config: `where: key: message`, one line."""
+
+    def __init__(self, where: str, key: str, message: str):
+        self.where, self.key, self.message = where, key, message
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: str = "text"
+    path: str | None = None
+    vocab_size: int = 16
+    zipf: float = 0.0
+    probs: tuple[float, ...] | None = None
+    order: int = 1
+    concentration: float = 0.5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RealConfig:
+    sequences: int = 2000
+    seq_len: int = 32
+    heldout: int = 500
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "ngram"
+    order: int = 2  # ngram
+    smoothing: float = 0.0  # ngram
+    d_model: int = 64  # transformer, from here on
+    layers: int = 2
+    heads: int = 4
+    mlp_ratio: int = 4
+    tie: bool = False  # output layer = the token embedding's transpose
+    steps: int = 500  # AdamW steps per generation
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.01
+    warmup: int = 50  # steps of linear warm-up
+    schedule: str = "cosine"  # cosine | constant (after warm-up)
+    grad_clip: float = 1.0  # global-norm clipping
+    init: str = "fresh"  # fresh | continue (fine-tune the previous generation's model)
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (GPU)
+
+
+# the model keys each family reads; the others cannot change a trajectory
+MODEL_KEYS = {
+    "ngram": ("order", "smoothing"),
+    "transformer": ("d_model", "layers", "heads", "mlp_ratio", "tie", "steps", "batch_size", "learning_rate",
+                    "weight_decay", "warmup", "schedule", "grad_clip", "init", "dtype"),
+}
+
+
+MODEL_KINDS = tuple(MODEL_KEYS)
+
+
+def unused_model_keys(kind: str) -> list[str]:
+    """Dotted model keys that the model family `kind` does not read."""
+    used = set(MODEL_KEYS.get(kind, ()))
+    return [f"model.{k}" for family in MODEL_KEYS.values() for k in family if k not in used]
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    sequences: int = 2000
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    policy: str = "replace"
+    train_sequences: int = 2000
+    real_fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 10
+    keep: int = 3
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "run"
+    seed: int = 0
+    replicates: int = 32
+    generations: int = 50
+    source: SourceConfig = field(default_factory=SourceConfig)
+    real: RealConfig = field(default_factory=RealConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def get(self, dotted: str) -> Any:
+        obj: Any = self
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["sweep"] = {k: list(v) for k, v in self.sweep}
+        if d["source"]["probs"] is not None:
+            d["source"]["probs"] = list(d["source"]["probs"])
+        return d
+
+
+SECTIONS = {
+    "source": SourceConfig,
+    "real": RealConfig,
+    "model": ModelConfig,
+    "generate": GenerateConfig,
+    "corpus": CorpusConfig,
+    "checkpoint": CheckpointConfig,
+}
+
+
+def _leaf_keys() -> list[str]:
+    keys = [f.name for f in dataclasses.fields(Config) if f.name not in SECTIONS and f.name != "sweep"]
+    for section, cls in SECTIONS.items():
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+LEAF_KEYS = _leaf_keys()
+ALL_KEYS = LEAF_KEYS + list(SECTIONS) + ["sweep"]
+
+
+def real_count(real_fraction: float, train_sequences: int) -> int:
+    """round(rho * m) with halves rounded up: the real sequences of mix / fresh."""
+    return int(math.floor(real_fraction * train_sequences + 0.5))
+
