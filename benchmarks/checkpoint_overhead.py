@@ -3,7 +3,7 @@
     python benchmarks/checkpoint_overhead.py            # configs/quickstart.yaml, every: 10
     python benchmarks/checkpoint_overhead.py --quick    # a small smoke version
 
-Both modes run the same plan through `scheduler.run_plan` with the same
+Both modes run the same plan through `loop.run_plan` with the same
 metrics writer into a fresh run directory; the only difference is the `save`
 callback the CLI uses (`checkpoint.saver`: flush the rows, snapshot every
 group's state, hand it to orbax, which writes in the background). One warm-up
@@ -34,15 +34,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from collapse_sim.cli import configure_host_devices  # noqa: E402
+from collapse_sim.process import configure_host_devices  # noqa: E402
 
 configure_host_devices()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from collapse_sim import checkpoint, config as cfgmod, results, rundir, scheduler  # noqa: E402
-from collapse_sim.scheduler import format_bytes  # noqa: E402
+from collapse_sim import checkpoint, config as cfgmod, loop, orchestrate, plan as planmod, results, rundir  # noqa: E402
+from collapse_sim.rundir import format_bytes  # noqa: E402
 from record import record  # noqa: E402
 
 
@@ -54,14 +54,14 @@ def one_run(plan, run_dir: Path, with_checkpoints: bool) -> dict:
     t0 = time.perf_counter()
     if with_checkpoints:
         ckpt = checkpoint.Checkpointer(run_dir, plan.config.checkpoint.keep)
-        inner = checkpoint.saver(ckpt, writer, plan, rundir.fingerprint(plan.config, [g.source.digest for g in plan.groups]))
+        inner = orchestrate._saver(ckpt, writer, plan, rundir.fingerprint(plan.config, [g.source.digest for g in plan.groups]))
 
     def timed_save(chunks, reason):
         t = time.perf_counter()
         inner(chunks, reason)
         blocking.append(time.perf_counter() - t)
 
-    assert scheduler.run_plan(plan, writer.add, save=timed_save if with_checkpoints else None)
+    assert loop.run_plan(plan, writer.add, save=timed_save if with_checkpoints else None)
     if ckpt is not None:
         t = time.perf_counter()
         ckpt.close()  # the last save is on disk
@@ -88,7 +88,7 @@ def main() -> None:
     overrides = list(a.set) + (["replicates=4", "generations=20"] if a.quick else [])
     pairs = 1 if a.quick else a.pairs
     cfg = cfgmod.load(a.config, overrides)
-    plan = scheduler.make_plan(cfg, a.config)
+    plan = planmod.make_plan(cfg, a.config)
     tmp = Path(tempfile.mkdtemp(prefix="collapse-sim-ckpt-bench-"))
     jax.config.update("jax_compilation_cache_dir", str(tmp / "jax-cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from collapse_sim.cli import configure_host_devices  # noqa: E402
+from collapse_sim.process import configure_host_devices  # noqa: E402
 
 configure_host_devices()
 
@@ -43,7 +43,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, PartitionSpec as P  # noqa: E402
 
-from collapse_sim import config as cfgmod, scheduler  # noqa: E402
+from collapse_sim import config as cfgmod, keys, plan as planmod  # noqa: E402
 from collapse_sim.engine import GroupRunner, make_world  # noqa: E402
 from collapse_sim.kernels import ngram  # noqa: E402
 from record import record  # noqa: E402
@@ -100,11 +100,11 @@ def main():
         f"real.sequences={N}", f"real.seq_len={L}", "real.heldout=256", f"generate.sequences={N}",
         "corpus.policy=replace", f"replicates={C}", "generations=1000",
     ])
-    plan = scheduler.make_plan(cfg, "benchmark")
+    plan = planmod.make_plan(cfg, "benchmark")
     group = plan.groups[0]
     devices = jax.local_devices()
-    runner = GroupRunner(group.spec, group.source, make_world(group.spec, group.source, group.heldout), devices)
-    params = runner.put_params(scheduler.cell_params(group.cells, group.source))
+    runner = GroupRunner(group.spec, make_world(group.spec, group.source, group.heldout), devices)
+    params = runner.put(keys.cell_params(group.cells, group.source.digest, group.spec.family.traced))
 
     t = time.perf_counter()
     state, _ = runner.init(params)
@@ -126,7 +126,7 @@ def main():
     def sharded(fn, n_in):
         return jax.jit(jax.shard_map(jax.vmap(fn), mesh=mesh, in_specs=(P("cells"),) * n_in, out_specs=P("cells"), check_vma=False))
 
-    keys = params.trajectory_key
+    key_data = params.trajectory_key
     toks = jax.device_put(jnp.asarray(np.random.default_rng(0).integers(0, V, (C, N, L)), jnp.uint8), runner.cells)
     ones = jax.device_put(jnp.ones((C, N), jnp.int32), runner.cells)
     fit = sharded(lambda t, w: ngram.fit_counts(t, w, 2, V), 2)
@@ -135,11 +135,11 @@ def main():
     to_cdf = sharded(lambda c: ngram.cdf_table(ngram.probs_from_counts(c, 0.0), 1.0, 0, 1.0), 1)
     cdf = to_cdf(counts)
     samp = sharded(lambda k, c: ngram.sample(jax.random.wrap_key_data(k), c, 2, V, N, L), 2)
-    jax.block_until_ready(samp(keys, cdf))
-    sample_s = median_time(lambda: samp(keys, cdf), a.repeats)
+    jax.block_until_ready(samp(key_data, cdf))
+    sample_s = median_time(lambda: samp(key_data, cdf), a.repeats)
     unif = sharded(lambda k: jax.random.uniform(jax.random.wrap_key_data(k), (N, L)), 1)
-    jax.block_until_ready(unif(keys))
-    rng_s = median_time(lambda: unif(keys), a.repeats)
+    jax.block_until_ready(unif(key_data))
+    rng_s = median_time(lambda: unif(key_data), a.repeats)
 
     # the engine and the numpy loop, interleaved so that both see the same machine
     rng = np.random.default_rng(0)

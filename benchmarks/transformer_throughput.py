@@ -47,7 +47,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from collapse_sim.cli import configure_host_devices  # noqa: E402
+from collapse_sim.process import configure_host_devices  # noqa: E402
 
 configure_host_devices()
 
@@ -56,7 +56,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from collapse_sim import config as cfgmod, engine, scheduler  # noqa: E402
+from collapse_sim import config as cfgmod, engine, keys, loop, plan as planmod  # noqa: E402
+from collapse_sim.corpus import TrainingSet  # noqa: E402
+from collapse_sim.families import transformer as ftransformer  # noqa: E402
 from collapse_sim.engine import GroupRunner, make_world  # noqa: E402
 from record import record  # noqa: E402
 
@@ -75,8 +77,8 @@ def setting(a, batch: int) -> list[str]:
 def train_flops_per_token(spec) -> float:
     """6 x (matmul parameters: every 2-D leaf but the position table, which
     is added, not multiplied) + 12 x layers x L x d_model (attention)."""
-    arch = spec.arch
-    leaves = jax.tree_util.tree_leaves_with_path(engine._param_struct(arch))
+    arch = spec.model.arch
+    leaves = jax.tree_util.tree_leaves_with_path(ftransformer.param_struct(arch))
     matmul = sum(int(np.prod(a.shape)) for path, a in leaves if a.ndim == 2 and path[-1].key != "pos")
     return 6.0 * matmul + 12.0 * arch.layers * arch.seq_len * arch.d_model
 
@@ -85,29 +87,32 @@ class Engine:
     """The engine's compiled programs for every chunk of a planned group."""
 
     def __init__(self, cfg):
-        plan = scheduler.make_plan(cfg, "benchmark")
+        plan = planmod.make_plan(cfg, "benchmark")
         self.group = group = plan.groups[0]
         self.spec = spec = group.spec
-        self.runner = runner = GroupRunner(spec, group.source, make_world(spec, group.source, group.heldout))
-        size = scheduler.batch_size(group.chunk_size, runner.n_devices)
+        self.runner = runner = GroupRunner(spec, make_world(spec, group.source, group.heldout))
+        size = loop.batch_size(group.chunk_size, runner.n_devices)
         self.chunks = []
         for s in range(0, len(group.cells), size):
             cells = group.cells[s : s + size]
             cells = cells + [cells[-1]] * (size - len(cells))
-            self.chunks.append(runner.put_params(scheduler.cell_params(cells, group.source)))
+            self.chunks.append(runner.put(keys.cell_params(cells, group.source.digest, spec.family.traced)))
         self.n_chunks, self.batch = len(self.chunks), size
         self.states = [runner.init(p)[0] for p in self.chunks]  # generation 0 (compiles init)
         self.g = 1
 
-        rows = jax.device_put(jnp.zeros((size, spec.real_sequences, spec.seq_len), jnp.int32), runner.cells)
-        n = jnp.int32(spec.real_sequences)
+        N0 = spec.corpus.real_sequences
+        rows = jax.device_put(jnp.zeros((size, N0, spec.seq_len), jnp.int32), runner.cells)
+        n = jnp.int32(N0)
 
         def train_one(params, rows_NxL):
             key = jax.random.wrap_key_data(params.trajectory_key)
-            return engine._neural_train(spec, params, key, lambda idx: rows_NxL[idx], n, ())[1]
+            tset = TrainingSet(None, lambda idx: rows_NxL[idx], n, 0, 0)
+            return spec.family.train(spec, key, params, tset, None)[1].losses
 
-        over = runner.over_cells(lambda _w, _g, cell: train_one(*cell))  # in the engine's passes of cells
-        fn = jax.shard_map(lambda params, rows: over(None, None, (params, rows)), mesh=runner.mesh,
+        pass_cells = spec.family.pass_cells(spec, runner.programs.mesh.devices.flat[0].platform)
+        over = engine.over_cells(lambda _w, _g, cell: train_one(*cell), pass_cells)  # in the engine's passes
+        fn = jax.shard_map(lambda params, rows: over(None, None, (params, rows)), mesh=runner.programs.mesh,
                            in_specs=(P("cells"), P("cells")), out_specs=P("cells"), check_vma=False)
         train = jax.jit(fn)
         self._train = lambda params: train(params, rows)
@@ -174,7 +179,7 @@ def main():
     machine = f"{platform.machine()}, {dev.platform}, {jax.device_count()} device(s)"
     if dev.platform == "gpu":
         machine = f"{dev.device_kind}, {jax.device_count()} device(s)"
-    rows, results = [], []
+    results = []
     for batch in [int(b) for b in a.batches.split(",")]:
         cfg = cfgmod.load(None, setting(a, batch))
         t0 = time.perf_counter()

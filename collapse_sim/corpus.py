@@ -73,16 +73,25 @@ def token_dtype(vocab_size: int):
 
 @dataclass(frozen=True)
 class CorpusSpec:
-    """The static shape of one cell's corpus."""
+    """The static shape of one cell's corpus. It holds the synth buffer's
+    capacity rather than G, so runs of different lengths under a policy whose
+    buffer does not grow share their compiled programs (`for_run` makes it)."""
 
     policy: str
     real_sequences: int  # N0
     seq_len: int  # L
     gen_capacity: int  # the largest k of the group; each cell uses its own k rows
     train_sequences: int  # m
-    generations: int  # G
     vocab_size: int  # V
     count_rows: int = 0  # C, rows of the family's count table; 0: the family trains on tokens
+    capacity: int = 0  # rows of the synth buffer for the whole run
+
+    @classmethod
+    def for_run(cls, policy: str, real_sequences: int, seq_len: int, gen_capacity: int, train_sequences: int,
+                generations: int, vocab_size: int, count_rows: int = 0) -> CorpusSpec:
+        """The spec of a run of `generations` generations (G)."""
+        capacity = POLICIES[policy].capacity(gen_capacity, generations, count_rows > 0)
+        return cls(policy, real_sequences, seq_len, gen_capacity, train_sequences, vocab_size, count_rows, capacity)
 
     @property
     def rule(self) -> Policy:
@@ -101,11 +110,6 @@ class CorpusSpec:
     @property
     def stores_real(self) -> bool:
         return self.rule.stores_real(self.counting)
-
-    @property
-    def capacity(self) -> int:
-        """Rows of the synth buffer for the whole run."""
-        return self.rule.capacity(self.gen_capacity, self.generations, self.counting)
 
     @property
     def dtype(self):

@@ -87,19 +87,19 @@ def group_spec(point: SweepPoint, source: Source, gen_capacity: int) -> GroupSpe
     c = point.config
     fam = families.get(c.model.kind)
     model = fam.model_spec(c.model, source.vocab_size, c.real.seq_len)
-    cs = CorpusSpec(c.corpus.policy, c.real.sequences, c.real.seq_len, gen_capacity, c.corpus.train_sequences,
-                    c.generations, source.vocab_size, fam.count_rows(model))
+    cs = CorpusSpec.for_run(c.corpus.policy, c.real.sequences, c.real.seq_len, gen_capacity, c.corpus.train_sequences,
+                            c.generations, source.vocab_size, fam.count_rows(model))
     return GroupSpec(fam, model, cs, source.sampler, source.has_truth)
 
 
-def _check(where: str, spec: GroupSpec, platform: str) -> None:
+def _check(where: str, spec: GroupSpec, generations: int, platform: str) -> None:
     spec.family.check(spec, where, platform)
     cs = spec.corpus
     if cs.rule.keeps_all:
-        tokens = (cs.real_sequences + (cs.generations + 1) * cs.gen_capacity) * cs.seq_len
+        tokens = (cs.real_sequences + (generations + 1) * cs.gen_capacity) * cs.seq_len
         if tokens > INT32_MAX:
             raise ConfigError(where, "generations", f"{cs.policy} would hold {tokens} tokens per cell after "
-                              f"{cs.generations} generations; the limit is 2**31 - 1")
+                              f"{generations} generations; the limit is 2**31 - 1")
 
 
 def _chunk_size(where: str, spec: GroupSpec, n_cells: int, budget: int, devices: list) -> int:
@@ -140,7 +140,7 @@ def make_plan(cfg: Config, where: str, devices=None) -> Plan:
     budget = memory_budget(devices[0])
     for (_, _, heldout_n), (source, pts) in by_key.items():
         spec = group_spec(pts[0], source, max(p.config.generate.sequences for p in pts))
-        _check(where, spec, devices[0].platform)
+        _check(where, spec, cfg.generations, devices[0].platform)
         cells = [Cell(p.index * cfg.replicates + r, r, p) for p in pts for r in range(cfg.replicates)]
         chunk = _chunk_size(where, spec, len(cells), budget, devices)
         if heldout_n * spec.seq_len * 4 > budget // 4:

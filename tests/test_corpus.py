@@ -19,9 +19,9 @@ N0, CAP, L = 6, 10, 3
 V = N0 + CAP
 
 
-def spec(policy, m=5, vocab=V, count_rows=1, gen_capacity=CAP, generations=0):
-    """A corpus of a unigram counting family (one count row) unless count_rows=0."""
-    return corpus.CorpusSpec(policy, N0, L, gen_capacity, m, generations, vocab, count_rows)
+def spec(policy, m=5, vocab=V):
+    """A corpus of a unigram counting family (one count row)."""
+    return corpus.CorpusSpec.for_run(policy, N0, L, CAP, m, 0, vocab, count_rows=1)
 
 
 def state(policy, n_synth, counts=None):
@@ -121,7 +121,7 @@ def test_state_shapes_describe_init_state(policy, counts):
     """The shapes the scheduler plans with (memory, empty cells in a
     checkpoint) are those init_state makes, for count and token models."""
     real = jnp.zeros((7, 5), jnp.int32)
-    cs = corpus.CorpusSpec(policy, 7, 5, 11, 4, 2, 4, 5 if counts else 0)
+    cs = corpus.CorpusSpec.for_run(policy, 7, 5, 11, 4, 2, 4, 5 if counts else 0)
     state = corpus.init_state(cs, real, (lambda rows, w: ngram.fit_counts(rows, w, 2, 4)) if counts else None)
     want = cs.shapes()
     for a, (shape, dt) in zip(state[:4], want[:4]):
@@ -140,7 +140,7 @@ def test_training_rows_read_the_policy_training_set():
     real = jnp.arange(N0 * L).reshape(N0, L) % 7
     key = jax.random.key(3)
     for policy in ("replace", "accumulate", "mix"):
-        cs = corpus.CorpusSpec(policy, N0, L, k, 4, 3, 7)
+        cs = corpus.CorpusSpec.for_run(policy, N0, L, k, 4, 3, 7)
         st = corpus.init_state(cs, real)
         s1 = jnp.full((k, L), 1)
         st = corpus.admit(cs, st, s1, jnp.int32(k))

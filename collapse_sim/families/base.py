@@ -64,8 +64,12 @@ class Family:
     that raise NotImplementedError; one instance of each is registered in
     `collapse_sim.families`."""
 
-    name: str = ""
-    keys: tuple[str, ...] = ()  # the model.* config keys it reads (config.MODEL_KEYS[name])
+    # the methods every family implements, and those of a family that trains on counts
+    REQUIRED = ("model_spec", "memory_parts", "world", "train", "model_metric_names", "model_metrics", "sample",
+                "score")
+    REQUIRED_COUNTING = ("count",)
+
+    name: str = ""  # model.kind; its config keys are config.MODEL_KEYS[name]
     traced: tuple[str, ...] = ()  # of those, the ones passed per cell (float32), swept without recompiling
     int_metrics: tuple[str, ...] = ()  # its metrics stored as integers
 

@@ -50,7 +50,6 @@ class NgramModel(NamedTuple):
 
 class Ngram(Family):
     name = "ngram"
-    keys = ("order", "smoothing")
     traced = ("smoothing",)
     int_metrics = ("support",)
 

@@ -112,8 +112,6 @@ def _chunked(a: np.ndarray, rows: int) -> np.ndarray:
 
 class Transformer(Family):
     name = "transformer"
-    keys = ("d_model", "layers", "heads", "mlp_ratio", "tie", "steps", "batch_size", "learning_rate",
-            "weight_decay", "warmup", "schedule", "grad_clip", "init", "dtype")
     traced = ("learning_rate", "weight_decay", "grad_clip")
     int_metrics = ("loss_nonfinite",)
 
