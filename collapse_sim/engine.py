@@ -139,8 +139,13 @@ def programs(spec: GroupSpec, devices: tuple) -> Programs:
     def step(world, state, g, params):
         return over_cells(lambda w, g, sp: cell_step(spec, w, sp[0], g, sp[1]), pass_cells)(world, g, (state, params))
 
-    return Programs(mesh, jax.jit(batched(init, (P(), P("cells")))),
-                    jax.jit(batched(step, (P(), P("cells"), P(), P("cells"))), donate_argnums=(1,)))
+    # every output along the cells axis, zero-size buffers included (XLA would
+    # otherwise replicate those, and a state put back on the devices between
+    # blocks would then trace the step again)
+    cells = NamedSharding(mesh, P("cells"))
+    return Programs(mesh, jax.jit(batched(init, (P(), P("cells"))), out_shardings=cells),
+                    jax.jit(batched(step, (P(), P("cells"), P(), P("cells"))), out_shardings=cells,
+                            donate_argnums=(1,)))
 
 
 class GroupRunner:

@@ -16,7 +16,22 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from tests.helpers import ALL, TWO, run_cli, write  # noqa: E402
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """Uninterrupted CLI runs of TWO and ALL (9 generations), shared by every test that only reads them."""
+    d = tmp_path_factory.mktemp("reference")
+    refs = {}
+    for name, text in (("two", TWO), ("all", ALL)):
+        assert run_cli("run", write(d, text, f"{name}.yaml"), "--out", d / name, "--quiet") == 0
+        refs[name] = d / name
+    return refs
+
+
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ resumed run is compared with an uninterrupted one, bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,77 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from collapse_sim import checkpoint, cli, load_metrics, loop, plan as planmod, results, rundir
-from tests.helpers import load
+from collapse_sim import checkpoint, load_metrics, results, rundir
+from tests.helpers import ALL, TWO, SignalAfter, assert_same_metrics, run_cli, tree_state, write
 
 ROOT = Path(__file__).resolve().parents[1]
-
-BASE = """\
-name: ck
-seed: 3
-replicates: 3
-generations: 9
-source: {kind: markov, vocab_size: 5, order: 1, seed: 1}
-real: {sequences: 40, seq_len: 8, heldout: 30}
-model: {order: 2, smoothing: 0.01}
-generate: {sequences: 30}
-corpus: {policy: replace, train_sequences: 20, real_fraction: 0.25}
-checkpoint: {every: 3, keep: 2}
-"""
-TWO = BASE + "sweep: {corpus.policy: [replace, accumulate_subsample]}\n"
-ALL = BASE + "sweep: {corpus.policy: [replace, accumulate, accumulate_subsample, mix, fresh]}\n"
-
-
-def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
-
-def run_cli(*args) -> int:
-    return cli.main([str(a) for a in args])
-
-
-def assert_same_metrics(a: Path, b: Path) -> None:
-    x, y = load_metrics(a), load_metrics(b)
-    assert not x.duplicated(["cell", "generation"]).any()
-    pd.testing.assert_frame_equal(x, y)
-
-
-def tree_state(path: Path) -> dict:
-    """Every file under path with the SHA-256 of its bytes."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """Uninterrupted runs of TWO and ALL (9 generations)."""
-    d = tmp_path_factory.mktemp("reference")
-    refs = {}
-    for name, text in (("two", TWO), ("all", ALL)):
-        assert run_cli("run", write(d, text, f"{name}.yaml"), "--out", d / name, "--quiet") == 0
-        refs[name] = d / name
-    return refs
-
-
-class SignalAfter:
-    """Send a real signal to this process after the n-th batch of metric rows."""
-
-    def __init__(self, monkeypatch, n: int, sig=signal.SIGTERM):
-        self.calls, self.n, self.sig = 0, n, sig
-        add = results.MetricsWriter.add
-
-        def counting(writer, cols):
-            add(writer, cols)
-            self.calls += 1
-            if self.calls == self.n:
-                os.kill(os.getpid(), self.sig)
-
-        monkeypatch.setattr(results.MetricsWriter, "add", counting)
-
 
 # ---------------------------------------------------------------- stop and resume
 
@@ -128,46 +62,6 @@ def test_rows_written_after_the_checkpoint_are_not_duplicated(tmp_path, referenc
     assert len(results.part_files(out)) == len(meta["metrics"]["parts"]) + 1
     assert run_cli("resume", out, "--quiet") == 0
     assert_same_metrics(out, reference["two"])
-
-
-def test_stop_mid_block_with_several_chunks_resumes_exactly():
-    """Chunks of one group stopped at different generations are saved as they
-    are, re-chunked on restore, and finish bit-identical."""
-    cfg = load(["source.kind=markov", "source.vocab_size=5", "source.order=1", "model.order=2", "model.smoothing=0.01",
-                "real.sequences=40", "real.seq_len=8", "real.heldout=30", "generate.sequences=30",
-                "corpus.policy=accumulate_subsample", "corpus.train_sequences=20", "replicates=10", "generations=7",
-                "checkpoint.every=4"])
-
-    def plan():
-        p = planmod.make_plan(cfg, "test")
-        p.groups[0].chunk_size = 2  # 4 cells per batch on 2 devices: 3 chunks
-        return p
-
-    rows = []
-    loop.run_plan(plan(), rows.append)
-    full = pd.concat(map(pd.DataFrame, rows)).sort_values(["cell", "generation"]).reset_index(drop=True)
-
-    first, saved, emits = [], {}, [0]
-
-    def emit(cols):
-        first.append(cols)
-        emits[0] += 1
-
-    def save(chunks, reason):
-        saved["groups"], saved["reason"] = loop.snapshot(p1, chunks), reason
-
-    p1 = plan()
-    done = loop.run_plan(p1, emit, save=save, should_stop=lambda: emits[0] >= 20)
-    assert not done and saved["reason"] == "stopped"
-    gens = saved["groups"][0]["generation"]
-    assert len(set(gens.tolist())) > 1, gens  # the chunks are at different generations
-    p2 = plan()
-    p2.groups[0].chunk_size = 6  # another chunking on resume
-    chunks = loop.restored_chunks(p2, saved["groups"], 2)
-    rest = []
-    assert loop.run_plan(p2, rest.append, chunks=chunks)
-    got = pd.concat(map(pd.DataFrame, first + rest)).sort_values(["cell", "generation"]).reset_index(drop=True)
-    pd.testing.assert_frame_equal(got, full)
 
 
 def test_extend_a_finished_run_equals_a_longer_run(tmp_path, reference, capsys):
@@ -329,23 +223,6 @@ def test_a_run_in_use_is_refused(tmp_path, capsys):
         lock.release()
 
 
-def test_inspect_reports_what_a_run_holds(tmp_path, monkeypatch, capsys):
-    out = tmp_path / "run"
-    SignalAfter(monkeypatch, 9)
-    assert run_cli("run", write(tmp_path, TWO), "--out", out, "--quiet") == 143
-    monkeypatch.undo()
-    capsys.readouterr()
-    before = tree_state(out)
-    assert run_cli("inspect", out, "--verify") == 0
-    text = capsys.readouterr().out
-    n_rows = len(load_metrics(out))
-    for expected in ("status       interrupted", "cells        6", "of 9 (checkpoint", "every 3 generations",
-                     f"{n_rows:,} rows", "verified", f"collapse-sim resume {out}", "policy replace"):
-        assert expected in text, (expected, text)
-    assert "KiB" in text
-    assert tree_state(out) == before  # inspect reads only
-
-
 # ---------------------------------------------------------------- processes that die
 
 
@@ -395,6 +272,7 @@ checkpoint: {every: 2, keep: 3}
 """
 
 
+@pytest.mark.e2e
 def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_previous(tmp_path):
     """A checkpoint that cannot be written (files over a size limit here, as on
     a full disk) stops the run with one line and exit 2; the checkpoint before
@@ -417,42 +295,7 @@ def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_previous(tmp_path
     assert_same_metrics(out, ref)
 
 
-ECHO_SCRIPT = """
-import asyncio, sys
-import tensorstore as ts
-from collapse_sim import process
-process.configure_logging_and_hooks()
-# a tensorstore operation still in flight when the event loop awaiting it
-# closes, as orbax's sibling writes are when one of them fails
-promise, future = ts.Promise.new()
-loop = asyncio.new_event_loop()
-async def wait_briefly():
-    asyncio.ensure_future(future)
-    await asyncio.sleep(0.01)
-loop.run_until_complete(wait_briefly())
-loop.close()
-promise.set_result(1)  # its callback now fails on the closed loop
-class Other:
-    def __del__(self):
-        raise ValueError("an unrelated unraisable error")
-Other()
-print("finished", file=sys.stderr)
-"""
-
-
-def test_writes_ending_after_a_failed_save_print_no_traceback():
-    """A save that fails (a full disk) closes orbax's event loop while other
-    tensorstore writes are in flight; each one's completion then fails and
-    tensorstore reports it as unraisable, a bare traceback that once broke the
-    one-line error above. Exactly those are dropped; other unraisable errors
-    still print."""
-    p = subprocess.run([sys.executable, "-c", ECHO_SCRIPT], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    assert "finished" in p.stderr
-    assert "Event loop is closed" not in p.stderr, p.stderr
-    assert "an unrelated unraisable error" in p.stderr, p.stderr
-
-
+@pytest.mark.e2e
 def test_second_sigterm_exits_at_once_and_the_previous_checkpoint_is_intact(tmp_path):
     """The first SIGTERM starts an orderly stop (finish the generation, save);
     a second, sent as soon as the first is acknowledged, exits at once,
@@ -477,6 +320,7 @@ def test_second_sigterm_exits_at_once_and_the_previous_checkpoint_is_intact(tmp_
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
 
 
+@pytest.mark.e2e
 def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path):
     """SIGKILL during compute, during a checkpoint write (an orbax temporary
     directory is present when the process dies) and right at start; after

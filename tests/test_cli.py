@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import collapse_sim
+from collapse_sim import cli as climod
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,6 +21,15 @@ def cli(*args, cwd=None):
     return subprocess.run(cmd + list(args), capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=600)
 
 
+def in_process(capsys, *args) -> tuple[int, str, str]:
+    """The CLI's exit code, stdout and stderr, run in this process (the same
+    main() the console script calls; no interpreter start-up to pay)."""
+    capsys.readouterr()
+    code = climod.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "qs"
@@ -28,6 +38,7 @@ def smoke(tmp_path_factory):
     return r, out
 
 
+@pytest.mark.e2e
 def test_quickstart_sized_run(smoke):
     r, out = smoke
     assert r.returncode == 0, r.stderr
@@ -42,6 +53,7 @@ def test_quickstart_sized_run(smoke):
     assert (out / "config.yaml").exists() and (out / "summary.csv").exists()
 
 
+@pytest.mark.e2e
 def test_refuses_to_overwrite_a_run(smoke):
     _, out = smoke
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
@@ -63,28 +75,39 @@ def test_refuses_to_overwrite_a_run(smoke):
     (["source.kind=categorical", "source.vocab_size=64", "model.order=5"], "model.order"),
     (["source.kind=markov", "source.order=6", "source.vocab_size=40"], "source.order"),
 ])
-def test_bad_input_exit_2_one_line(tmp_path, sets, key):
+def test_bad_input_exit_2_one_line(tmp_path, capsys, monkeypatch, sets, key):
+    monkeypatch.chdir(ROOT)
     args = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "o")]
     for s in sets:
         args += ["--set", s]
-    r = cli(*args)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and key in lines[0], r.stderr
-    assert "configs/quickstart.yaml" in lines[0] or "--set" in lines[0], r.stderr  # where the value came from
-    assert "Traceback" not in r.stderr
+    code, _, err = in_process(capsys, *args)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0], err
+    assert "configs/quickstart.yaml" in lines[0] or "--set" in lines[0], err  # where the value came from
+    assert "Traceback" not in err
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.e2e
+def test_bad_input_from_the_console_script(tmp_path):
+    """The same through the installed `collapse-sim` command: exit 2, one line, nothing written."""
+    r = cli("run", "configs/quickstart.yaml", "--set", "modle.order=2", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "modle.order" in r.stderr, r.stderr
+    assert "did you mean model.order" in r.stderr and not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("content", [None, b"", b"caf\xe9 au lait " * 20])
-def test_bad_text_file_exit_2(tmp_path, content):
+def test_bad_text_file_exit_2(tmp_path, capsys, content):
     path = tmp_path / "corpus.txt"
     if content is not None:
         path.write_bytes(content)
-    r = cli("run", "configs/quickstart.yaml", "--set", f"source.path={path}", "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "source.path" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    code, _, err = in_process(capsys, "run", ROOT / "configs/quickstart.yaml", "--set", f"source.path={path}",
+                              "--out", tmp_path / "o")
+    assert code == 2 and "source.path" in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.e2e
 def test_help():
     r = cli("--help")
     assert r.returncode == 0 and "run" in r.stdout
@@ -92,10 +115,11 @@ def test_help():
     assert r.returncode == 0 and "--set" in r.stdout and "--quiet" in r.stdout
 
 
-def test_sweep_over_a_list_valued_key(tmp_path):
-    r = cli("run", "configs/quickstart.yaml", "--quiet", "--set", "source.kind=categorical", "--set", "replicates=2",
-            "--set", "generations=2", "--set", "sweep={source.probs: [[0.5, 0.5], [0.2, 0.8]]}", "--out", str(tmp_path / "o"))
-    assert r.returncode == 0, r.stderr
+def test_sweep_over_a_list_valued_key(tmp_path, capsys):
+    code, _, err = in_process(capsys, "run", ROOT / "configs/quickstart.yaml", "--quiet", "--set",
+                              "source.kind=categorical", "--set", "replicates=2", "--set", "generations=2", "--set",
+                              "sweep={source.probs: [[0.5, 0.5], [0.2, 0.8]]}", "--out", tmp_path / "o")
+    assert code == 0, err
     df = collapse_sim.load_metrics(tmp_path / "o")
     assert set(df["source.probs"]) == {"[0.5, 0.5]", "[0.2, 0.8]"}
     assert len((tmp_path / "o" / "summary.csv").read_text().splitlines()) == 3
