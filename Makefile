@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test test-slow bench clean
+.PHONY: quickstart test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +16,16 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)  ## the main job: configs/quickstart.yaml on the built-in text
 	$(BIN)/collapse-sim run configs/quickstart.yaml
 
-test: $(STAMP)  ## the default test suite (CI runs this)
+test: $(STAMP)  ## the linter and the default test suite (CI runs this)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)  ## the long statistical checks
 	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)  ## ruff (configured in pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(STAMP)  ## n-gram throughput against a numpy loop, checkpoint overhead, transformers against PyTorch (if installed); records to benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/ngram_throughput.py

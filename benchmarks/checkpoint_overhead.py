@@ -34,16 +34,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from collapse_sim.process import configure_host_devices  # noqa: E402
+from collapse_sim.process import configure_host_devices
 
 configure_host_devices()
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
+from record import record
 
-from collapse_sim import checkpoint, config as cfgmod, loop, orchestrate, plan as planmod, results, rundir  # noqa: E402
-from collapse_sim.rundir import format_bytes  # noqa: E402
-from record import record  # noqa: E402
+from collapse_sim import checkpoint, loop, orchestrate, results, rundir
+from collapse_sim import config as cfgmod
+from collapse_sim import plan as planmod
+from collapse_sim.rundir import format_bytes
 
 
 def one_run(plan, run_dir: Path, with_checkpoints: bool) -> dict:
@@ -54,7 +56,9 @@ def one_run(plan, run_dir: Path, with_checkpoints: bool) -> dict:
     t0 = time.perf_counter()
     if with_checkpoints:
         ckpt = checkpoint.Checkpointer(run_dir, plan.config.checkpoint.keep)
-        inner = orchestrate._saver(ckpt, writer, plan, rundir.fingerprint(plan.config, [g.source.digest for g in plan.groups]))
+        inner = orchestrate._saver(
+            ckpt, writer, plan, rundir.fingerprint(plan.config, [g.source.digest for g in plan.groups])
+        )
 
     def timed_save(chunks, reason):
         t = time.perf_counter()
@@ -80,9 +84,13 @@ def one_run(plan, run_dir: Path, with_checkpoints: bool) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(HERE.parent / "configs" / "quickstart.yaml"))
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, as for `collapse-sim run`")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override, as for `collapse-sim run`"
+    )
     ap.add_argument("--pairs", type=int, default=5, help="timed (without, with) pairs")
-    ap.add_argument("--quick", action="store_true", help="4 replicates, 20 generations, 1 pair (smoke run; not recorded)")
+    ap.add_argument(
+        "--quick", action="store_true", help="4 replicates, 20 generations, 1 pair (smoke run; not recorded)"
+    )
     ap.add_argument("--no-record", action="store_true", help="do not write JSON or RESULTS.md")
     a = ap.parse_args()
     overrides = list(a.set) + (["replicates=4", "generations=20"] if a.quick else [])
@@ -92,8 +100,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="collapse-sim-ckpt-bench-"))
     jax.config.update("jax_compilation_cache_dir", str(tmp / "jax-cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    print(f"{cfg.name}: {plan.n_cells} cells, generations 0..{cfg.generations}, checkpoint every {cfg.checkpoint.every} "
-          f"(keep {cfg.checkpoint.keep}), {plan.n_devices} device(s); warm-up run ...", flush=True)
+    print(
+        f"{cfg.name}: {plan.n_cells} cells, generations 0..{cfg.generations}, checkpoint every {cfg.checkpoint.every} "
+        f"(keep {cfg.checkpoint.keep}), {plan.n_devices} device(s); warm-up run ...",
+        flush=True,
+    )
     try:
         one_run(plan, tmp / "warmup", True)
         runs = {"without": [], "with": []}
@@ -102,13 +113,20 @@ def main() -> None:
             for mode in order:
                 r = one_run(plan, tmp / mode, mode == "with")
                 runs[mode].append(r)
-                print(f"  pair {i + 1}: {mode:<8} {r['seconds']:7.1f} s" + (
-                    f"  ({r['saves']} saves, {r['blocking_s']:.2f} s blocking, {format_bytes(r['checkpoint_bytes'])} kept)"
-                    if mode == "with" else ""), flush=True)
+                print(
+                    f"  pair {i + 1}: {mode:<8} {r['seconds']:7.1f} s"
+                    + (
+                        f"  ({r['saves']} saves, {r['blocking_s']:.2f} s blocking, "
+                        f"{format_bytes(r['checkpoint_bytes'])} kept)"
+                        if mode == "with"
+                        else ""
+                    ),
+                    flush=True,
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratios = [w["seconds"] / o["seconds"] - 1 for w, o in zip(runs["with"], runs["without"])]
-    med = lambda xs: float(np.median(xs))  # noqa: E731
+    med = lambda xs: float(np.median(xs))
     res = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {jax.devices()[0].platform}, {len(jax.devices())} device(s)",
@@ -132,21 +150,31 @@ def main() -> None:
     print(f"{'':<28}{'seconds':>10}")
     print(f"{'without checkpoints':<28}{res['without_s']:>10.1f}")
     print(f"{'with checkpoints':<28}{res['with_s']:>10.1f}")
-    print(f"overhead: {res['overhead']:+.1%} median of {pairs} paired runs (range {min(ratios):+.1%} to {max(ratios):+.1%})"
-          f"   (target < 10%)")
+    print(
+        f"overhead: {res['overhead']:+.1%} median of {pairs} paired runs "
+        f"(range {min(ratios):+.1%} to {max(ratios):+.1%})"
+        f"   (target < 10%)"
+    )
     print(f"blocked by checkpointing: {res['blocked_fraction']:.1%} of the run (median)")
-    print(f"{res['saves']} saves per run, {res['blocking_s']:.2f} s blocking the run (saves and the final wait); "
-          f"{format_bytes(res['checkpoint_bytes_kept'])} on disk for the {cfg.checkpoint.keep} kept")
+    print(
+        f"{res['saves']} saves per run, {res['blocking_s']:.2f} s blocking the run (saves and the final wait); "
+        f"{format_bytes(res['checkpoint_bytes_kept'])} on disk for the {cfg.checkpoint.keep} kept"
+    )
     if a.quick:
         print("(--quick is a smoke run; the target is for the full quickstart)")
     if not a.no_record and not a.quick:
-        record("checkpoint_overhead", res, [
-            f"quickstart, {plan.n_cells} cells, G={cfg.generations}, every {cfg.checkpoint.every}",
-            f"{res['with_s']:.1f} s with, {res['without_s']:.1f} s without",
-            f"{res['overhead']:+.1%} overhead",
-            f"{res['saves']} saves; blocked {res['blocking_s']:.2f} s ({res['blocked_fraction']:.1%}); "
-            f"{format_bytes(res['checkpoint_bytes_kept'])} kept; median of {pairs} pairs",
-        ])
+        record(
+            "checkpoint_overhead",
+            res,
+            [
+                f"quickstart, {plan.n_cells} cells, G={cfg.generations}, every {cfg.checkpoint.every}",
+                f"{res['with_s']:.1f} s with, {res['without_s']:.1f} s without",
+                f"{res['overhead']:+.1%} overhead",
+                f"{res['saves']} saves; blocked {res['blocking_s']:.2f} s ({res['blocked_fraction']:.1%}); "
+                f"{format_bytes(res['checkpoint_bytes_kept'])} kept; median of {pairs} pairs",
+            ],
+        )
+
 
 if __name__ == "__main__":
     main()

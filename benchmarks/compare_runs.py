@@ -37,33 +37,96 @@ ROOT = Path(__file__).resolve().parent.parent
 # Small configs that reach every code path the configs/ files do not: both
 # families under every policy, the sampling filters, init: continue, every
 # source kind, a sweep over model.kind. Each runs in seconds.
-NGRAM = ["source.kind=markov", "source.vocab_size=6", "source.order=2", "source.seed=3", "model.kind=ngram",
-         "model.order=3", "real.sequences=60", "real.seq_len=9", "real.heldout=40", "generate.sequences=50",
-         "corpus.train_sequences=50", "corpus.real_fraction=0.3", "generations=6", "replicates=3",
-         "checkpoint.every=3"]
-NEURAL = ["source.kind=markov", "source.vocab_size=5", "source.order=1", "source.seed=1", "model.kind=transformer",
-          "model.d_model=16", "model.layers=1", "model.heads=2", "model.mlp_ratio=2", "model.steps=12",
-          "model.batch_size=8", "model.warmup=3", "real.sequences=40", "real.seq_len=6", "real.heldout=24",
-          "generate.sequences=30", "corpus.train_sequences=30", "corpus.real_fraction=0.2", "generations=3",
-          "replicates=2", "checkpoint.every=2"]
+NGRAM = [
+    "source.kind=markov",
+    "source.vocab_size=6",
+    "source.order=2",
+    "source.seed=3",
+    "model.kind=ngram",
+    "model.order=3",
+    "real.sequences=60",
+    "real.seq_len=9",
+    "real.heldout=40",
+    "generate.sequences=50",
+    "corpus.train_sequences=50",
+    "corpus.real_fraction=0.3",
+    "generations=6",
+    "replicates=3",
+    "checkpoint.every=3",
+]
+NEURAL = [
+    "source.kind=markov",
+    "source.vocab_size=5",
+    "source.order=1",
+    "source.seed=1",
+    "model.kind=transformer",
+    "model.d_model=16",
+    "model.layers=1",
+    "model.heads=2",
+    "model.mlp_ratio=2",
+    "model.steps=12",
+    "model.batch_size=8",
+    "model.warmup=3",
+    "real.sequences=40",
+    "real.seq_len=6",
+    "real.heldout=24",
+    "generate.sequences=30",
+    "corpus.train_sequences=30",
+    "corpus.real_fraction=0.2",
+    "generations=3",
+    "replicates=2",
+    "checkpoint.every=2",
+]
 POLICIES = "sweep.corpus.policy=[replace, accumulate, accumulate_subsample, mix, fresh]"
 MATRIX = {
     "ngram_policies": NGRAM + [POLICIES, "sweep.model.smoothing=[0.0, 0.05]"],
-    "ngram_filters": NGRAM + ["sweep.generate.temperature=[0.0, 0.7]", "sweep.generate.top_k=[0, 3]",
-                              "sweep.generate.top_p=[1.0, 0.8]"],
-    "ngram_text": ["source.kind=text", "model.order=3", "model.smoothing=0.01", "real.sequences=80",
-                   "real.seq_len=12", "real.heldout=30", "generate.sequences=60", "corpus.train_sequences=60",
-                   "generations=5", "replicates=2", POLICIES],
-    "ngram_categorical": ["source.kind=categorical", "source.vocab_size=7", "source.zipf=1.1", "model.order=1",
-                          "real.sequences=20", "real.seq_len=1", "real.heldout=50", "generate.sequences=20",
-                          "generations=8", "replicates=40", "sweep.model.smoothing=[0.0, 0.5]"],
+    "ngram_filters": NGRAM
+    + ["sweep.generate.temperature=[0.0, 0.7]", "sweep.generate.top_k=[0, 3]", "sweep.generate.top_p=[1.0, 0.8]"],
+    "ngram_text": [
+        "source.kind=text",
+        "model.order=3",
+        "model.smoothing=0.01",
+        "real.sequences=80",
+        "real.seq_len=12",
+        "real.heldout=30",
+        "generate.sequences=60",
+        "corpus.train_sequences=60",
+        "generations=5",
+        "replicates=2",
+        POLICIES,
+    ],
+    "ngram_categorical": [
+        "source.kind=categorical",
+        "source.vocab_size=7",
+        "source.zipf=1.1",
+        "model.order=1",
+        "real.sequences=20",
+        "real.seq_len=1",
+        "real.heldout=50",
+        "generate.sequences=20",
+        "generations=8",
+        "replicates=40",
+        "sweep.model.smoothing=[0.0, 0.5]",
+    ],
     "neural_policies": NEURAL + [POLICIES],
-    "neural_continue": NEURAL + ["model.init=continue", "model.tie=true", "model.schedule=constant",
-                                 "sweep.corpus.policy=[replace, accumulate_subsample]",
-                                 "sweep.generate.temperature=[1.0, 0.8]"],
-    "neural_text": NEURAL + ["source.kind=text", "real.seq_len=8", "generate.top_k=4", "generate.top_p=0.9",
-                             "sweep.model.learning_rate=[0.003, 0.01]"],
-    "families": NGRAM + [f for f in NEURAL if not f.startswith(("model.kind", "source."))]
+    "neural_continue": NEURAL
+    + [
+        "model.init=continue",
+        "model.tie=true",
+        "model.schedule=constant",
+        "sweep.corpus.policy=[replace, accumulate_subsample]",
+        "sweep.generate.temperature=[1.0, 0.8]",
+    ],
+    "neural_text": NEURAL
+    + [
+        "source.kind=text",
+        "real.seq_len=8",
+        "generate.top_k=4",
+        "generate.top_p=0.9",
+        "sweep.model.learning_rate=[0.003, 0.01]",
+    ],
+    "families": NGRAM
+    + [f for f in NEURAL if not f.startswith(("model.kind", "source."))]
     + ["model.order=2", "sweep.model.kind=[ngram, transformer]", "sweep.corpus.policy=[replace, accumulate]"],
 }
 
@@ -114,8 +177,9 @@ def _differences(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[str], float]:
     for col in a.columns:
         x, y = a[col].to_numpy(), b[col].to_numpy()
         if x.dtype.kind != "f" or y.dtype.kind != "f":
-            same = np.array([u == v or (u is None and v is None) for u, v in zip(x, y)]) if x.dtype == object \
-                else x == y
+            same = (
+                np.array([u == v or (u is None and v is None) for u, v in zip(x, y)]) if x.dtype == object else x == y
+            )
             if x.dtype != y.dtype or not same.all():
                 lines.append(f"{col}: {int((~same).sum()) if x.dtype == y.dtype else 'dtype'} rows differ")
                 worst = float("inf")
@@ -128,13 +192,17 @@ def _differences(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[str], float]:
             rel = np.where(equal, 0.0, np.abs(x - y) / np.maximum(np.abs(x), np.abs(y)))
         rel = np.where(np.isnan(rel), np.inf, rel)
         worst = max(worst, float(rel.max()))
-        lines.append(f"{col}: {int((~equal).sum())} of {len(x)} rows differ, largest relative difference {rel.max():.3g}")
+        lines.append(
+            f"{col}: {int((~equal).sum())} of {len(x)} rows differ, largest relative difference {rel.max():.3g}"
+        )
     return lines, worst
 
 
 def compare(base: Path, new: Path, rtol: float) -> int:
-    names = sorted({p.name for p in base.iterdir() if (p / "run.json").is_file()}
-                   | {p.name for p in new.iterdir() if (p / "run.json").is_file()})
+    names = sorted(
+        {p.name for p in base.iterdir() if (p / "run.json").is_file()}
+        | {p.name for p in new.iterdir() if (p / "run.json").is_file()}
+    )
     failed = 0
     for name in names:
         if not (base / name / "metrics").is_dir() or not (new / name / "metrics").is_dir():
@@ -160,7 +228,9 @@ def main() -> int:
     sub = parser.add_subparsers(dest="verb", required=True)
     r = sub.add_parser("run", help="run every config with one version of the code")
     r.add_argument("out", type=Path)
-    r.add_argument("--code", type=Path, default=ROOT, help="checkout whose collapse_sim is imported (default: this one)")
+    r.add_argument(
+        "--code", type=Path, default=ROOT, help="checkout whose collapse_sim is imported (default: this one)"
+    )
     r.add_argument("--only", nargs="*", default=[], help="run only these configs (by name)")
     c = sub.add_parser("compare", help="compare two `run` outputs row by row")
     c.add_argument("base", type=Path)

@@ -13,7 +13,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# the package as installed (kernels/ becomes collapse_sim.kernels), into a
+# throwaway directory: no network, no build isolation, no dependencies
+SITE=$(mktemp -d)
+"$PY" -m pip install --quiet --no-deps --no-build-isolation --target "$SITE" . >&2
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 "$PY" -c "import jax, sys; d = jax.devices()[0]; sys.exit(0 if d.platform == 'gpu' else 'no GPU: jax sees ' + str(jax.devices()))"
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'"

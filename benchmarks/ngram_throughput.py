@@ -34,19 +34,22 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from collapse_sim.process import configure_host_devices  # noqa: E402
+from collapse_sim.process import configure_host_devices
 
 configure_host_devices()
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import Mesh, PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+from record import record
 
-from collapse_sim import config as cfgmod, keys, plan as planmod  # noqa: E402
-from collapse_sim.engine import GroupRunner, make_world  # noqa: E402
-from collapse_sim.kernels import ngram  # noqa: E402
-from record import record  # noqa: E402
+from collapse_sim import config as cfgmod
+from collapse_sim import keys
+from collapse_sim import plan as planmod
+from collapse_sim.engine import GroupRunner, make_world
+from collapse_sim.kernels import ngram
 
 
 def median_time(fn, repeats):
@@ -95,11 +98,22 @@ def main():
     C, N, L, V = a.cells, a.sequences, a.seq_len, a.vocab
     tokens_per_gen = C * N * L
 
-    cfg = cfgmod.load(None, [
-        "source.kind=markov", f"source.vocab_size={V}", "source.order=1", "model.order=2",
-        f"real.sequences={N}", f"real.seq_len={L}", "real.heldout=256", f"generate.sequences={N}",
-        "corpus.policy=replace", f"replicates={C}", "generations=1000",
-    ])
+    cfg = cfgmod.load(
+        None,
+        [
+            "source.kind=markov",
+            f"source.vocab_size={V}",
+            "source.order=1",
+            "model.order=2",
+            f"real.sequences={N}",
+            f"real.seq_len={L}",
+            "real.heldout=256",
+            f"generate.sequences={N}",
+            "corpus.policy=replace",
+            f"replicates={C}",
+            "generations=1000",
+        ],
+    )
     plan = planmod.make_plan(cfg, "benchmark")
     group = plan.groups[0]
     devices = jax.local_devices()
@@ -119,12 +133,13 @@ def main():
         state, o = runner.step(state, gen[0], params)
         return o
 
-
     # kernels in isolation, sharded like the engine
     mesh = Mesh(np.array(devices), ("cells",))
 
     def sharded(fn, n_in):
-        return jax.jit(jax.shard_map(jax.vmap(fn), mesh=mesh, in_specs=(P("cells"),) * n_in, out_specs=P("cells"), check_vma=False))
+        return jax.jit(
+            jax.shard_map(jax.vmap(fn), mesh=mesh, in_specs=(P("cells"),) * n_in, out_specs=P("cells"), check_vma=False)
+        )
 
     key_data = params.trajectory_key
     toks = jax.device_put(jnp.asarray(np.random.default_rng(0).integers(0, V, (C, N, L)), jnp.uint8), runner.cells)
@@ -160,7 +175,10 @@ def main():
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {jax.local_devices()[0].platform}, {len(devices)} device(s)",
         "jax": jax.__version__,
-        "cells": C, "sequences": N, "seq_len": L, "vocab": V,
+        "cells": C,
+        "sequences": N,
+        "seq_len": L,
+        "vocab": V,
         "compile_s": round(compile_s, 2),
         "engine_cellgen_per_s": C / engine_s,
         "engine_tokens_per_s": tokens_per_gen / engine_s,
@@ -185,19 +203,26 @@ def main():
     ]
     for name, cg, tk in rows:
         print(f"{name:<34}{cg:>14.1f}{tk / 1e6:>14.1f}")
-    print(f"engine / numpy loop: {res['speedup_vs_numpy']:.2f}x median of {a.repeats} paired repeats "
-          f"(range {min(ratios):.2f}-{max(ratios):.2f})   (target >= 4x)")
+    print(
+        f"engine / numpy loop: {res['speedup_vs_numpy']:.2f}x median of {a.repeats} paired repeats "
+        f"(range {min(ratios):.2f}-{max(ratios):.2f})   (target >= 4x)"
+    )
     print(f"sampling / rng bound: {res['sample_vs_rng_bound']:.0%}   (target >= 60%)")
     print(f"compile (init + first step): {compile_s:.1f} s")
     if a.quick:
         print("(--quick is a smoke run: the targets are for the full setting, where arrays outgrow the caches)")
     if not a.no_record and not a.quick:
-        record("ngram_throughput", res, [
-            f"{C} cells, V={V}, N={N}, L={L}",
-            f"{res['engine_cellgen_per_s']:.1f} cell-gen/s",
-            f"{res['speedup_vs_numpy']:.2f}x numpy loop",
-            f"sampling {res['sample_vs_rng_bound']:.0%} of rng bound",
-        ])
+        record(
+            "ngram_throughput",
+            res,
+            [
+                f"{C} cells, V={V}, N={N}, L={L}",
+                f"{res['engine_cellgen_per_s']:.1f} cell-gen/s",
+                f"{res['speedup_vs_numpy']:.2f}x numpy loop",
+                f"sampling {res['sample_vs_rng_bound']:.0%} of rng bound",
+            ],
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -23,8 +23,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # a small quickstart: 2 policies x 2 k x 4 replicates, 10 generations
-SMALL = ["replicates=4", "generations=10", "sweep.corpus.policy=[replace, accumulate_subsample]",
-         "sweep.generate.sequences=[100, 400]"]
+SMALL = [
+    "replicates=4",
+    "generations=10",
+    "sweep.corpus.policy=[replace, accumulate_subsample]",
+    "sweep.generate.sequences=[100, 400]",
+]
 
 CHILD = """
 import json, sys, tempfile, time
@@ -55,20 +59,43 @@ def main() -> int:
     for _ in range(a.repeats):
         with tempfile.TemporaryDirectory() as cache:
             env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache)
-            p = subprocess.run([sys.executable, "-c", CHILD, a.config, json.dumps(sets)], env=env, cwd=ROOT,
-                               capture_output=True, text=True, check=True)
+            p = subprocess.run(
+                [sys.executable, "-c", CHILD, a.config, json.dumps(sets)],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
         rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"first {r['first']:6.2f} s   second {r['second']:6.2f} s   ratio {r['second'] / r['first']:.3f}   "
-              f"programs made {r['programs_made']}, reused {r['programs_reused']}", flush=True)
+        print(
+            f"first {r['first']:6.2f} s   second {r['second']:6.2f} s   ratio {r['second'] / r['first']:.3f}   "
+            f"programs made {r['programs_made']}, reused {r['programs_reused']}",
+            flush=True,
+        )
     first = statistics.median(r["first"] for r in rows)
     second = statistics.median(r["second"] for r in rows)
     ratio = statistics.median(r["second"] / r["first"] for r in rows)
-    print(f"\n| config | first run (s) | second run (s) | second / first |\n|---|---|---|---|\n"
-          f"| {Path(a.config).name} {' '.join(sets)} | {first:.2f} | {second:.2f} | {ratio:.3f} |")
+    print(
+        f"\n| config | first run (s) | second run (s) | second / first |\n|---|---|---|---|\n"
+        f"| {Path(a.config).name} {' '.join(sets)} | {first:.2f} | {second:.2f} | {ratio:.3f} |"
+    )
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps({"config": a.config, "sets": sets, "runs": rows, "median_first_s": first,
-                                        "median_second_s": second, "median_ratio": ratio}, indent=2) + "\n")
+    Path(a.json).write_text(
+        json.dumps(
+            {
+                "config": a.config,
+                "sets": sets,
+                "runs": rows,
+                "median_first_s": first,
+                "median_second_s": second,
+                "median_ratio": ratio,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return 0
 
 

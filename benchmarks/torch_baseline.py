@@ -79,7 +79,10 @@ class Model(nn.Module):
         dev = self.pos.device
         b0 = self.blocks[0]
         shape = (n, b0.h, self.L, b0.d // b0.h)
-        caches = [(torch.zeros(shape, device=dev, dtype=self.pos.dtype), torch.zeros(shape, device=dev, dtype=self.pos.dtype)) for _ in self.blocks]
+        caches = [
+            (torch.zeros(shape, device=dev, dtype=self.pos.dtype), torch.zeros(shape, device=dev, dtype=self.pos.dtype))
+            for _ in self.blocks
+        ]
         prev = torch.full((n,), self.V, dtype=torch.long, device=dev)
         out = []
         for pos in range(self.L):
@@ -117,7 +120,10 @@ def one_cell(a, data, held, dev, autocast):
     sync()
     t_train = time.perf_counter() - t0
     with torch.no_grad(), autocast():
-        nll = sum(F.cross_entropy(model(h).float().reshape(-1, a.vocab), h.reshape(-1), reduction="sum") for h in held.split(2 * a.batch))
+        nll = sum(
+            F.cross_entropy(model(h).float().reshape(-1, a.vocab), h.reshape(-1), reduction="sum")
+            for h in held.split(2 * a.batch)
+        )
         float(nll)
         model.sample(a.sample)
     sync()
@@ -126,9 +132,22 @@ def one_cell(a, data, held, dev, autocast):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in (("vocab", 16), ("seq-len", 32), ("d-model", 32), ("layers", 2), ("heads", 4), ("mlp-ratio", 4),
-                          ("batch", 32), ("steps", 100), ("warmup", 10), ("real", 1024), ("heldout", 256),
-                          ("sample", 256), ("cells", 4), ("repeats", 1)):
+    for name, default in (
+        ("vocab", 16),
+        ("seq-len", 32),
+        ("d-model", 32),
+        ("layers", 2),
+        ("heads", 4),
+        ("mlp-ratio", 4),
+        ("batch", 32),
+        ("steps", 100),
+        ("warmup", 10),
+        ("real", 1024),
+        ("heldout", 256),
+        ("sample", 256),
+        ("cells", 4),
+        ("repeats", 1),
+    ):
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--wd", type=float, default=0.01)
@@ -139,7 +158,7 @@ def main():
     torch.set_num_threads(os.cpu_count() or 1)
     dev = torch.device(a.device)
     if a.dtype == "bfloat16":
-        autocast = lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)  # noqa: E731
+        autocast = lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
     else:
         import contextlib
 
@@ -156,9 +175,19 @@ def main():
             t_tr, t_gen = t_tr + tr, t_gen + gen
         trains.append(t_tr / a.cells)
         gens.append(t_gen / a.cells)
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "device": a.device,
-                      "cells": a.cells, "train_s_per_cell": med(trains), "generation_s_per_cell": med(gens)}))
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    print(
+        json.dumps(
+            {
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "device": a.device,
+                "cells": a.cells,
+                "train_s_per_cell": med(trains),
+                "generation_s_per_cell": med(gens),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

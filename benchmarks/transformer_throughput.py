@@ -47,30 +47,45 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from collapse_sim.process import configure_host_devices  # noqa: E402
+from collapse_sim.process import configure_host_devices
 
 configure_host_devices()
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+from record import record
 
-from collapse_sim import config as cfgmod, engine, keys, loop, plan as planmod  # noqa: E402
-from collapse_sim.corpus import TrainingSet  # noqa: E402
-from collapse_sim.families import transformer as ftransformer  # noqa: E402
-from collapse_sim.engine import GroupRunner, make_world  # noqa: E402
-from record import record  # noqa: E402
+from collapse_sim import config as cfgmod
+from collapse_sim import engine, keys, loop
+from collapse_sim import plan as planmod
+from collapse_sim.corpus import TrainingSet
+from collapse_sim.engine import GroupRunner, make_world
+from collapse_sim.families import transformer as ftransformer
 
 
 def setting(a, batch: int) -> list[str]:
     return [
-        "source.kind=markov", f"source.vocab_size={a.vocab}", "source.order=1",
-        f"real.sequences={a.real}", f"real.seq_len={a.seq_len}", f"real.heldout={a.heldout}",
-        f"generate.sequences={a.sample}", "corpus.policy=replace", "generations=2", f"replicates={a.cells}",
-        "model.kind=transformer", f"model.d_model={a.d_model}", f"model.layers={a.layers}", f"model.heads={a.heads}",
-        f"model.mlp_ratio={a.mlp_ratio}", f"model.steps={a.steps}", f"model.batch_size={batch}",
-        f"model.warmup={a.warmup}", f"model.dtype={a.dtype}",
+        "source.kind=markov",
+        f"source.vocab_size={a.vocab}",
+        "source.order=1",
+        f"real.sequences={a.real}",
+        f"real.seq_len={a.seq_len}",
+        f"real.heldout={a.heldout}",
+        f"generate.sequences={a.sample}",
+        "corpus.policy=replace",
+        "generations=2",
+        f"replicates={a.cells}",
+        "model.kind=transformer",
+        f"model.d_model={a.d_model}",
+        f"model.layers={a.layers}",
+        f"model.heads={a.heads}",
+        f"model.mlp_ratio={a.mlp_ratio}",
+        f"model.steps={a.steps}",
+        f"model.batch_size={batch}",
+        f"model.warmup={a.warmup}",
+        f"model.dtype={a.dtype}",
     ]
 
 
@@ -112,8 +127,13 @@ class Engine:
 
         pass_cells = spec.family.pass_cells(spec, runner.programs.mesh.devices.flat[0].platform)
         over = engine.over_cells(lambda _w, _g, cell: train_one(*cell), pass_cells)  # in the engine's passes
-        fn = jax.shard_map(lambda params, rows: over(None, None, (params, rows)), mesh=runner.programs.mesh,
-                           in_specs=(P("cells"), P("cells")), out_specs=P("cells"), check_vma=False)
+        fn = jax.shard_map(
+            lambda params, rows: over(None, None, (params, rows)),
+            mesh=runner.programs.mesh,
+            in_specs=(P("cells"), P("cells")),
+            out_specs=P("cells"),
+            check_vma=False,
+        )
         train = jax.jit(fn)
         self._train = lambda params: train(params, rows)
 
@@ -139,7 +159,19 @@ def torch_run(a, batch: int) -> dict | None:
     if a.torch_python is None:
         return None
     cmd = [a.torch_python, str(HERE / "torch_baseline.py"), "--cells", str(a.torch_cells), "--batch", str(batch)]
-    for k in ("vocab", "seq_len", "d_model", "layers", "heads", "mlp_ratio", "steps", "warmup", "real", "heldout", "sample"):
+    for k in (
+        "vocab",
+        "seq_len",
+        "d_model",
+        "layers",
+        "heads",
+        "mlp_ratio",
+        "steps",
+        "warmup",
+        "real",
+        "heldout",
+        "sample",
+    ):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(a, k))]
     cmd += ["--device", "cuda" if jax.default_backend() == "gpu" else "cpu", "--dtype", a.dtype]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -154,25 +186,53 @@ def find_torch(a) -> str | None:
     probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True)
     if probe.returncode == 0:
         return sys.executable
-    print("torch is not installed here: the PyTorch side is skipped (pip install torch==2.13.0, or pass --torch-python)")
+    print(
+        "torch is not installed here: the PyTorch side is skipped (pip install torch==2.13.0, or pass --torch-python)"
+    )
     return None
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in (("cells", 64), ("vocab", 16), ("seq-len", 32), ("d-model", 32), ("layers", 2), ("heads", 4),
-                          ("mlp-ratio", 4), ("steps", 100), ("warmup", 10), ("real", 1024), ("heldout", 256),
-                          ("sample", 256), ("repeats", 3), ("torch-cells", 4)):
+    for name, default in (
+        ("cells", 64),
+        ("vocab", 16),
+        ("seq-len", 32),
+        ("d-model", 32),
+        ("layers", 2),
+        ("heads", 4),
+        ("mlp-ratio", 4),
+        ("steps", 100),
+        ("warmup", 10),
+        ("real", 1024),
+        ("heldout", 256),
+        ("sample", 256),
+        ("repeats", 3),
+        ("torch-cells", 4),
+    ):
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--batches", default="32,64", help="batch sizes to measure, comma-separated")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--torch-python", default=None, help="an interpreter with torch (default: this one, if it has torch)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="the chip's bf16 dense peak, for the utilisation column")
+    p.add_argument(
+        "--torch-python", default=None, help="an interpreter with torch (default: this one, if it has torch)"
+    )
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="the chip's bf16 dense peak, for the utilisation column"
+    )
     p.add_argument("--name", default="transformer_throughput")
     p.add_argument("--quick", action="store_true", help="a small smoke version (8 cells, 20 steps, 1 repeat)")
     a = p.parse_args()
     if a.quick:
-        a.cells, a.steps, a.repeats, a.torch_cells, a.real, a.heldout, a.sample, a.batches = 8, 20, 1, 1, 256, 64, 64, "32"
+        a.cells, a.steps, a.repeats, a.torch_cells, a.real, a.heldout, a.sample, a.batches = (
+            8,
+            20,
+            1,
+            1,
+            256,
+            64,
+            64,
+            "32",
+        )
     a.torch_python = find_torch(a)
 
     dev = jax.devices()[0]
@@ -196,7 +256,7 @@ def main():
                 torch_runs.append(tr)
                 ratio_train.append(tr["train_s_per_cell"] * a.cells / train_t[-1])
                 ratio_gen.append(tr["generation_s_per_cell"] * a.cells / gen_t[-1])
-        med = lambda xs: float(np.median(xs)) if xs else None  # noqa: E731
+        med = lambda xs: float(np.median(xs)) if xs else None
         tokens = a.cells * a.steps * batch * a.seq_len
         flops = train_flops_per_token(eng.spec) * tokens
         r = {
@@ -220,29 +280,56 @@ def main():
             r["peak_fraction"] = r["train_tflops"] / a.peak_tflops
         results.append(r)
 
-    print(f"\n{machine}; {a.cells} cells, d_model {a.d_model}, {a.layers} layers, {a.heads} heads, L {a.seq_len}, "
-          f"V {a.vocab}, {a.steps} steps, k {a.sample}, {a.dtype}")
-    head = f"{'batch':>5} {'engine tok/s':>13} {'cell-gen/s':>10} {'TFLOP/s':>8} {'torch tok/s':>12} {'torch cell-gen/s':>16} {'x train':>8} {'x gen':>7}"
+    print(
+        f"\n{machine}; {a.cells} cells, d_model {a.d_model}, {a.layers} layers, {a.heads} heads, L {a.seq_len}, "
+        f"V {a.vocab}, {a.steps} steps, k {a.sample}, {a.dtype}"
+    )
+    head = (
+        f"{'batch':>5} {'engine tok/s':>13} {'cell-gen/s':>10} {'TFLOP/s':>8} {'torch tok/s':>12} "
+        f"{'torch cell-gen/s':>16} {'x train':>8} {'x gen':>7}"
+    )
     print(head)
     for r in results:
         tt = r["torch_train_s_per_cell"]
         ttok = r["batch"] * a.steps * a.seq_len / tt if tt else float("nan")
         tgen = 1 / r["torch_generation_s_per_cell"] if tt else float("nan")
-        fmt = lambda x: f"{x:.2f}x" if x else "--"  # noqa: E731
-        print(f"{r['batch']:>5} {r['tokens_per_s']:>13,.0f} {r['cell_gen_per_s']:>10.2f} {r['train_tflops']:>8.3f} "
-              f"{ttok:>12,.0f} {tgen:>16.2f} {fmt(r['speedup_train']):>8} {fmt(r['speedup_generation']):>7}")
-    out = {"date": date.today().isoformat(), "machine": machine, "jax": jax.__version__, "setting": vars(a), "results": results}
+        fmt = lambda x: f"{x:.2f}x" if x else "--"
+        print(
+            f"{r['batch']:>5} {r['tokens_per_s']:>13,.0f} {r['cell_gen_per_s']:>10.2f} {r['train_tflops']:>8.3f} "
+            f"{ttok:>12,.0f} {tgen:>16.2f} {fmt(r['speedup_train']):>8} {fmt(r['speedup_generation']):>7}"
+        )
+    out = {
+        "date": date.today().isoformat(),
+        "machine": machine,
+        "jax": jax.__version__,
+        "setting": vars(a),
+        "results": results,
+    }
     if a.quick:
         print("(--quick: not recorded)")
         return
     table = []
     for r in results:
-        vs = (f"{r['speedup_train']:.2f}x torch per-model loop (train), {r['speedup_generation']:.2f}x (generation)"
-              if r["speedup_train"] else "torch not measured")
-        notes = f"{r['train_tflops']:.3f} TFLOP/s" + (f" ({100 * r['peak_fraction']:.1f}% of bf16 peak)" if a.peak_tflops else "")
-        notes += f"; torch timed over {r['torch_cells_timed']} cells; {r['chunks']} chunk(s) of {r['cells_per_chunk']}; median of {a.repeats}"
-        table.append([f"{a.cells} cells, d_model {a.d_model}, batch {r['batch']}, {a.steps} steps, L {a.seq_len}, {a.dtype}",
-                      f"{r['tokens_per_s']:,.0f} tok/s, {r['cell_gen_per_s']:.2f} cell-gen/s", vs, notes])
+        vs = (
+            f"{r['speedup_train']:.2f}x torch per-model loop (train), {r['speedup_generation']:.2f}x (generation)"
+            if r["speedup_train"]
+            else "torch not measured"
+        )
+        notes = f"{r['train_tflops']:.3f} TFLOP/s" + (
+            f" ({100 * r['peak_fraction']:.1f}% of bf16 peak)" if a.peak_tflops else ""
+        )
+        notes += (
+            f"; torch timed over {r['torch_cells_timed']} cells; {r['chunks']} chunk(s) of {r['cells_per_chunk']}; "
+            f"median of {a.repeats}"
+        )
+        table.append(
+            [
+                f"{a.cells} cells, d_model {a.d_model}, batch {r['batch']}, {a.steps} steps, L {a.seq_len}, {a.dtype}",
+                f"{r['tokens_per_s']:,.0f} tok/s, {r['cell_gen_per_s']:.2f} cell-gen/s",
+                vs,
+                notes,
+            ]
+        )
     record(a.name, out, *table)
     print(f"wrote {HERE / 'results' / (a.name + '.json')} and {len(results)} row(s) of {HERE / 'RESULTS.md'}")
 

@@ -116,7 +116,7 @@ class Checkpointer:
                 ),
                 item_names=("state", "meta"),
             )
-        except Exception as e:  # noqa: BLE001 - an unwritable run directory
+        except Exception as e:
             raise SaveError(f"{self.root}: cannot open the checkpoint directory ({_reason(e)})") from None
         self.last_saved: int | None = None  # the newest step known complete
         self.pending: int | None = None
@@ -130,11 +130,15 @@ class Checkpointer:
         self.wait()
         step = self.next_step()
         tree, described = _split(groups)
-        meta = dict(meta, format=FORMAT, step=step, saved=datetime.now().isoformat(timespec="seconds"), arrays=described)
+        meta = dict(
+            meta, format=FORMAT, step=step, saved=datetime.now().isoformat(timespec="seconds"), arrays=described
+        )
         ocp = self._ocp
         try:
-            self.mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
-        except Exception as e:  # noqa: BLE001
+            self.mgr.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
+            )
+        except Exception as e:
             raise SaveError(self._failed(step, e)) from None
         self.pending = step
         return step
@@ -145,7 +149,7 @@ class Checkpointer:
         step, self.pending = self.pending, None
         try:
             self.mgr.wait_until_finished()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise SaveError(self._failed(step, e)) from None
         self.last_saved = step
 
@@ -229,7 +233,7 @@ def restore(run_dir: str | Path, step: int) -> tuple[dict, list[dict[str, np.nda
         ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
         try:
             tree = ckptr.restore((path / "state").absolute())
-        except Exception as e:  # noqa: BLE001 - any failure to read is a damaged checkpoint
+        except Exception as e:
             raise Unusable(f"its arrays cannot be read ({_reason(e)})") from None
         finally:
             ckptr.close()

@@ -65,8 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         "to a new run directory. Ctrl-C or SIGTERM saves a checkpoint and exits; `collapse-sim resume` continues.",
     )
     run.add_argument("config", metavar="CONFIG", help="YAML experiment file (see configs/quickstart.yaml)")
-    run.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key (value parsed as YAML); repeatable")
-    run.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>-<timestamp>/); must be new or empty")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY.PATH=VALUE",
+        help="override a config key (value parsed as YAML); repeatable",
+    )
+    run.add_argument(
+        "--out", metavar="DIR", help="run directory (default runs/<name>-<timestamp>/); must be new or empty"
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary; print only the run directory")
     run.set_defaults(func=cmd_run)
     resume = sub.add_parser(
@@ -78,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "RUN_DIR/config.yaml must not have changed in any key that shapes the results.",
     )
     resume.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `collapse-sim run`")
-    resume.add_argument("--generations", type=int, metavar="G", help="run to G generations in total (extends a finished run)")
+    resume.add_argument(
+        "--generations", type=int, metavar="G", help="run to G generations in total (extends a finished run)"
+    )
     resume.add_argument("--quiet", action="store_true", help="no progress bar or summary; print only the run directory")
     resume.set_defaults(func=cmd_resume)
     inspect = sub.add_parser(
@@ -88,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Reads only; changes nothing.",
     )
     inspect.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `collapse-sim run`")
-    inspect.add_argument("--verify", action="store_true", help="also read every checkpoint back and check its checksums (exit 1 if one is unusable)")
+    inspect.add_argument(
+        "--verify",
+        action="store_true",
+        help="also read every checkpoint back and check its checksums (exit 1 if one is unusable)",
+    )
     inspect.set_defaults(func=cmd_inspect)
     return parser
 
@@ -110,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception:
         traceback.print_exc()
-        print("collapse-sim: internal error (a fault of ours, not your config); please report it with the traceback above", file=sys.stderr)
+        print(
+            "collapse-sim: internal error (a fault of ours, not your config); "
+            "please report it with the traceback above",
+            file=sys.stderr,
+        )
         return 1
 
 

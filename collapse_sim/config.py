@@ -23,15 +23,57 @@ import yaml
 
 from collapse_sim import policies
 from collapse_sim.policies import NAMES as POLICIES
-from collapse_sim.schema import (ALL_KEYS, LEAF_KEYS, MODEL_KEYS, MODEL_KINDS, SECTIONS, SOURCE_KINDS,
-                                 UNSWEPT, CheckpointConfig, Config, ConfigError, CorpusConfig, GenerateConfig,
-                                 ModelConfig, RealConfig, SourceConfig, real_count, unused_model_keys)
+from collapse_sim.schema import (
+    ALL_KEYS,
+    LEAF_KEYS,
+    MODEL_KEYS,
+    MODEL_KINDS,
+    SECTIONS,
+    SOURCE_KINDS,
+    UNSWEPT,
+    CheckpointConfig,
+    Config,
+    ConfigError,
+    CorpusConfig,
+    GenerateConfig,
+    ModelConfig,
+    RealConfig,
+    SourceConfig,
+    real_count,
+    unused_model_keys,
+)
 from collapse_sim.validate import validate
 
-__all__ = ["ALL_KEYS", "LEAF_KEYS", "MODEL_KEYS", "MODEL_KINDS", "POLICIES", "SECTIONS", "SOURCE_KINDS", "UNSWEPT",
-           "CheckpointConfig", "Config", "ConfigError", "CorpusConfig", "GenerateConfig", "ModelConfig",
-           "RealConfig", "SourceConfig", "SweepPoint", "dump", "load", "parse_set", "real_count", "stable_hash",
-           "resolve", "sweep_points", "trajectory_dict", "unused_model_keys", "validate", "with_values"]
+__all__ = [
+    "ALL_KEYS",
+    "LEAF_KEYS",
+    "MODEL_KEYS",
+    "MODEL_KINDS",
+    "POLICIES",
+    "SECTIONS",
+    "SOURCE_KINDS",
+    "UNSWEPT",
+    "CheckpointConfig",
+    "Config",
+    "ConfigError",
+    "CorpusConfig",
+    "GenerateConfig",
+    "ModelConfig",
+    "RealConfig",
+    "SourceConfig",
+    "SweepPoint",
+    "dump",
+    "load",
+    "parse_set",
+    "real_count",
+    "stable_hash",
+    "resolve",
+    "sweep_points",
+    "trajectory_dict",
+    "unused_model_keys",
+    "validate",
+    "with_values",
+]
 
 
 def _unknown(where: str, key: str) -> ConfigError:
@@ -217,11 +259,15 @@ def _from_raw(where: str, raw: Any, overrides: list[str]) -> Config:
             if key == "sweep":
                 sweep_raw = value
             else:
-                sweep_raw[key[len("sweep."):]] = value
+                sweep_raw[key[len("sweep.") :]] = value
             flat["sweep"] = sweep_raw
             continue
         if key in SECTIONS:
-            raise ConfigError(f"--set {expr}", key, f"is a section; set one of its keys, e.g. {key}.{dataclasses.fields(SECTIONS[key])[0].name}")
+            raise ConfigError(
+                f"--set {expr}",
+                key,
+                f"is a section; set one of its keys, e.g. {key}.{dataclasses.fields(SECTIONS[key])[0].name}",
+            )
         if key not in LEAF_KEYS:
             raise _unknown(f"--set {expr}", key)
         _coerce(f"--set {expr}", key, value)

@@ -30,8 +30,9 @@ the family's parameter tree).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,8 +88,17 @@ class CorpusSpec:
     capacity: int = 0  # rows of the synth buffer for the whole run
 
     @classmethod
-    def for_run(cls, policy: str, real_sequences: int, seq_len: int, gen_capacity: int, train_sequences: int,
-                generations: int, vocab_size: int, count_rows: int = 0) -> CorpusSpec:
+    def for_run(
+        cls,
+        policy: str,
+        real_sequences: int,
+        seq_len: int,
+        gen_capacity: int,
+        train_sequences: int,
+        generations: int,
+        vocab_size: int,
+        count_rows: int = 0,
+    ) -> CorpusSpec:
         """The spec of a run of `generations` generations (G)."""
         capacity = POLICIES[policy].capacity(gen_capacity, generations, count_rows > 0)
         return cls(policy, real_sequences, seq_len, gen_capacity, train_sequences, vocab_size, count_rows, capacity)
@@ -137,7 +147,7 @@ class CorpusSpec:
 
 def zeros(shapes: CorpusState, n: int) -> CorpusState:
     """A batch of n all-zero states of the given `CorpusSpec.shapes`."""
-    z = lambda sd: np.zeros((n, *sd[0]), sd[1])  # noqa: E731
+    z = lambda sd: np.zeros((n, *sd[0]), sd[1])
     return CorpusState(*(z(sd) for sd in shapes[:4]), {name: z(sd) for name, sd in shapes.model.items()})
 
 
@@ -148,8 +158,11 @@ def init_state(cs: CorpusSpec, real_NxL, count_fn=None) -> CorpusState:
     N0, L = real_NxL.shape
     table = jnp.zeros((0, cs.vocab_size), jnp.int32)
     if cs.as_counts:
-        table = (count_fn(real_NxL, jnp.ones(N0, jnp.int32)) if cs.rule.keeps_real
-                 else jnp.zeros((cs.count_rows, cs.vocab_size), jnp.int32))
+        table = (
+            count_fn(real_NxL, jnp.ones(N0, jnp.int32))
+            if cs.rule.keeps_real
+            else jnp.zeros((cs.count_rows, cs.vocab_size), jnp.int32)
+        )
     real = real_NxL.astype(cs.dtype) if cs.stores_real else jnp.zeros((0, L), cs.dtype)
     return CorpusState(real, jnp.zeros((cs.capacity, L), cs.dtype), jnp.int32(0), table, {})
 
@@ -232,9 +245,9 @@ def training_set(cs: CorpusSpec, state: CorpusState, key, real_count, fresh_fn, 
         if cs.as_counts:
             return TrainingSet(state.counts, None, None, real_tokens, train_tokens)
         if cs.rule.keeps_real:
-            fetch = lambda idx: _corpus_rows(state, idx, N0).astype(jnp.int32)  # noqa: E731
+            fetch = lambda idx: _corpus_rows(state, idx, N0).astype(jnp.int32)
         else:
-            fetch = lambda idx: state.synth[idx].astype(jnp.int32)  # noqa: E731
+            fetch = lambda idx: state.synth[idx].astype(jnp.int32)
         return TrainingSet(None, fetch, real_n + state.n_synth, real_tokens, train_tokens)
     rows, weight, real_tokens, train_tokens = _selection(cs, state, key, real_count, fresh_fn)
     if cs.counting:
@@ -277,6 +290,7 @@ def to_host(parts: CorpusState) -> dict[str, np.ndarray]:
     capacity for the whole run; it is the one copy made of it. Parameters
     are named model.<path>.
     """
+
     def cat(xs):
         return np.concatenate(xs) if len(xs) > 1 else np.array(xs[0])
 
@@ -307,5 +321,5 @@ def from_host(arrays: dict[str, np.ndarray], capacity: int) -> CorpusState:
     synth = np.zeros((n, capacity, L), rows.dtype)
     if capacity:
         synth[np.arange(capacity)[None, :] < valid[:, None]] = rows
-    model = {name[len(MODEL_PREFIX):]: a for name, a in arrays.items() if name.startswith(MODEL_PREFIX)}
+    model = {name[len(MODEL_PREFIX) :]: a for name, a in arrays.items() if name.startswith(MODEL_PREFIX)}
     return CorpusState(real, synth, n_synth.astype(np.int32), arrays["counts"], model)

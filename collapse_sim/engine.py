@@ -22,12 +22,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from collapse_sim import corpus
 from collapse_sim.families.base import GroupSpec
-from collapse_sim.keys import SAMPLE, CellParams
 from collapse_sim.kernels import metrics
+from collapse_sim.keys import SAMPLE, CellParams
 
 
 class World(NamedTuple):
@@ -143,9 +144,11 @@ def programs(spec: GroupSpec, devices: tuple) -> Programs:
     # otherwise replicate those, and a state put back on the devices between
     # blocks would then trace the step again)
     cells = NamedSharding(mesh, P("cells"))
-    return Programs(mesh, jax.jit(batched(init, (P(), P("cells"))), out_shardings=cells),
-                    jax.jit(batched(step, (P(), P("cells"), P(), P("cells"))), out_shardings=cells,
-                            donate_argnums=(1,)))
+    return Programs(
+        mesh,
+        jax.jit(batched(init, (P(), P("cells"))), out_shardings=cells),
+        jax.jit(batched(step, (P(), P("cells"), P(), P("cells"))), out_shardings=cells, donate_argnums=(1,)),
+    )
 
 
 class GroupRunner:
@@ -155,8 +158,9 @@ class GroupRunner:
         if not jax.config.jax_threefry_partitionable:
             # row j of a draw must depend only on (key, j), or a cell's sample
             # would depend on the capacity of its group (DESIGN §7.1)
-            raise RuntimeError("collapse_sim needs jax_threefry_partitionable=True (the JAX default); "
-                               "unset JAX_THREEFRY_PARTITIONABLE")
+            raise RuntimeError(
+                "collapse_sim needs jax_threefry_partitionable=True (the JAX default); unset JAX_THREEFRY_PARTITIONABLE"
+            )
         self.spec = spec
         devices = tuple(devices if devices is not None else jax.local_devices())
         self.n_devices = len(devices)

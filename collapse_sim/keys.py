@@ -61,9 +61,13 @@ def cell_params(cells, source_digest: str, traced: tuple[str, ...]) -> CellParam
     (`plan.Cell`); `traced`: the model keys the family takes per cell."""
     configs = [cell.point.config for cell in cells]
     traj = [cfgmod.stable_hash(cfgmod.trajectory_dict(c, source_digest)) for c in configs]
-    real = [cfgmod.stable_hash({"purpose": "real", "source": source_digest, "sequences": c.real.sequences,
-                                "seq_len": c.real.seq_len}) for c in configs]
-    u32 = lambda xs: jnp.asarray(np.asarray(xs, np.uint32))  # noqa: E731
+    real = [
+        cfgmod.stable_hash(
+            {"purpose": "real", "source": source_digest, "sequences": c.real.sequences, "seq_len": c.real.seq_len}
+        )
+        for c in configs
+    ]
+    u32 = lambda xs: jnp.asarray(np.asarray(xs, np.uint32))
     reps = u32([cell.replicate for cell in cells])
     t, r = np.asarray(traj, np.uint32), np.asarray(real, np.uint32)
     seeds = u32([c.seed for c in configs])

@@ -10,8 +10,9 @@ chunking (a cell's results do not depend on its batch, DESIGN §7.1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -77,19 +78,27 @@ def _check_arrays(gi: int, group, arrays: dict[str, np.ndarray]) -> None:
     names, and per cell the same shapes and dtypes (the synth buffer is
     packed, so only its row length counts)."""
     shapes = group.spec.state_shapes()
-    want = {"real": shapes.real, "n_synth": shapes.n_synth, "counts": shapes.counts,
-            "synth_rows": ((shapes.synth[0][1],), shapes.synth[1]),
-            **{corpus.MODEL_PREFIX + name: sd for name, sd in shapes.model.items()}}
+    want = {
+        "real": shapes.real,
+        "n_synth": shapes.n_synth,
+        "counts": shapes.counts,
+        "synth_rows": ((shapes.synth[0][1],), shapes.synth[1]),
+        **{corpus.MODEL_PREFIX + name: sd for name, sd in shapes.model.items()},
+    }
     have = {name: (a.shape[1:], a.dtype) for name, a in arrays.items() if name not in ("cell", "generation")}
     if set(have) != set(want):
         missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-        raise Mismatch(f"group {gi}: the checkpoint's arrays differ from the run's"
-                       + (f" (missing {', '.join(missing)})" if missing else "")
-                       + (f" (unexpected {', '.join(extra)})" if extra else ""))
+        raise Mismatch(
+            f"group {gi}: the checkpoint's arrays differ from the run's"
+            + (f" (missing {', '.join(missing)})" if missing else "")
+            + (f" (unexpected {', '.join(extra)})" if extra else "")
+        )
     for name, (shape, dtype) in want.items():
         if have[name] != (tuple(shape), np.dtype(dtype)):
-            raise Mismatch(f"group {gi}: checkpoint array {name} holds cells of {have[name][0]} {have[name][1]}, "
-                           f"the run's are {tuple(shape)} {np.dtype(dtype)}")
+            raise Mismatch(
+                f"group {gi}: checkpoint array {name} holds cells of {have[name][0]} {have[name][1]}, "
+                f"the run's are {tuple(shape)} {np.dtype(dtype)}"
+            )
 
 
 def restored_chunks(plan: Plan, groups: list[dict[str, np.ndarray]], n_devices: int) -> list[Chunk]:
@@ -110,8 +119,9 @@ def restored_chunks(plan: Plan, groups: list[dict[str, np.ndarray]], n_devices: 
             raise Mismatch(f"group {gi}: the checkpoint's cells differ from the plan's")
         _check_arrays(gi, group, arrays)
         gens = arrays["generation"]
-        state = corpus.from_host({k: v for k, v in arrays.items() if k not in ("cell", "generation")},
-                                 group.spec.corpus.capacity)
+        state = corpus.from_host(
+            {k: v for k, v in arrays.items() if k not in ("cell", "generation")}, group.spec.corpus.capacity
+        )
         size = batch_size(group.chunk_size, n_devices)
         start = 0
         while start < len(cells):
@@ -120,7 +130,7 @@ def restored_chunks(plan: Plan, groups: list[dict[str, np.ndarray]], n_devices: 
                 stop += 1
             chunk = Chunk(gi, start, stop, int(gens[start]))
             if chunk.generation >= 0:
-                chunk.state = jax.tree.map(lambda a: _pad(a[start:stop], size), state)
+                chunk.state = jax.tree.map(lambda a, s=start, e=stop, n=size: _pad(a[s:e], n), state)
             chunks.append(chunk)
             start = stop
     return chunks
@@ -155,8 +165,9 @@ def snapshot(plan: Plan, chunks: list[Chunk]) -> list[dict[str, np.ndarray]]:
             n = c.stop - c.start
             # a chunk not started holds zeros; an empty synth buffer packs to no rows
             state = corpus.zeros(group.spec.state_shapes(capacity=0), n) if c.state is None else c.state
-            views = corpus.CorpusState(*(_host_parts(a, n) for a in state[:4]),
-                                       {name: _host_parts(a, n) for name, a in state.model.items()})
+            views = corpus.CorpusState(
+                *(_host_parts(a, n) for a in state[:4]), {name: _host_parts(a, n) for name, a in state.model.items()}
+            )
             parts.append(corpus.to_host(views))
             gens.append(np.full(n, c.generation, np.int32))
         arrays = {
@@ -193,10 +204,14 @@ class _Loop:
         self.emit, self.advance, self.should_stop = emit, advance, should_stop
         self.runners: dict[int, GroupRunner] = {}
         self.per_group = {gi: [c for c in chunks if c.group == gi] for gi in range(len(plan.groups))}
-        self.resident = len(chunks) == 1 or sum(
-            batch_size(plan.groups[c.group].chunk_size, len(devices)) * plan.groups[c.group].spec.state_bytes()
-            for c in chunks
-        ) <= memory_budget(devices[0]) * len(devices) // 2
+        self.resident = (
+            len(chunks) == 1
+            or sum(
+                batch_size(plan.groups[c.group].chunk_size, len(devices)) * plan.groups[c.group].spec.state_bytes()
+                for c in chunks
+            )
+            <= memory_budget(devices[0]) * len(devices) // 2
+        )
 
     def runner(self, gi: int) -> GroupRunner:
         if gi not in self.runners:
@@ -210,8 +225,14 @@ class _Loop:
         cells = group.cells[c.start : c.stop]
         self.emit(metric_rows(group.spec, cells, generation, out, self.plan.sweep_keys))
         mine = self.per_group[c.group]
-        self.advance(len(cells), generation=generation, group=c.group + 1, groups=len(self.plan.groups),
-                     chunk=mine.index(c) + 1, chunks=len(mine))
+        self.advance(
+            len(cells),
+            generation=generation,
+            group=c.group + 1,
+            groups=len(self.plan.groups),
+            chunk=mine.index(c) + 1,
+            chunks=len(mine),
+        )
 
     def run_chunk(self, c: Chunk, target: int) -> bool:
         """Run chunk c to `target`; False if stopped early."""

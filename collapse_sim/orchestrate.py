@@ -23,7 +23,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from collapse_sim import checkpoint, config as cfgmod, loop, plan as planmod, process, report, results, rundir
+from collapse_sim import checkpoint, loop, process, report, results, rundir
+from collapse_sim import config as cfgmod
+from collapse_sim import plan as planmod
 from collapse_sim.config import Config, ConfigError
 from collapse_sim.progress import ConsoleReporter
 from collapse_sim.rundir import CONFIG_FILE, FORMAT_VERSION, RUN_FILE, UserError, write_json
@@ -76,10 +78,14 @@ class _Diverged:
             if cell in self.cells:
                 continue
             self.cells.add(cell)
-            where = ", ".join([f"replicate {int(cols['replicate'][i])}"] + [f"{k}={cols[k][i]}" for k in self.sweep_keys])
-            self.reporter.warn(f"collapse-sim: warning: cell {cell} ({where}): non-finite training loss at generation "
-                               f"{int(cols['generation'][i])}; its rows have loss_nonfinite = 1 and NaN model "
-                               "metrics. The other cells go on.")
+            where = ", ".join(
+                [f"replicate {int(cols['replicate'][i])}"] + [f"{k}={cols[k][i]}" for k in self.sweep_keys]
+            )
+            self.reporter.warn(
+                f"collapse-sim: warning: cell {cell} ({where}): non-finite training loss at generation "
+                f"{int(cols['generation'][i])}; its rows have loss_nonfinite = 1 and NaN model "
+                "metrics. The other cells go on."
+            )
 
 
 class _Stopper:
@@ -109,11 +115,19 @@ class _Stopper:
     def _handle(self, signum, frame):
         if self.signum is None:
             self.signum = signum
-            print(f"\ncollapse-sim: {self.NAMES[signum]}: finishing the current generation, then saving a checkpoint "
-                  "(signal again to exit at once)", file=sys.stderr, flush=True)
+            print(
+                f"\ncollapse-sim: {self.NAMES[signum]}: finishing the current generation, then saving a checkpoint "
+                "(signal again to exit at once)",
+                file=sys.stderr,
+                flush=True,
+            )
             return
-        print(f"\ncollapse-sim: {self.NAMES[signum]} again: exiting now; the last complete checkpoint is intact. "
-              f"Continue with: collapse-sim resume {self.out}", file=sys.stderr, flush=True)
+        print(
+            f"\ncollapse-sim: {self.NAMES[signum]} again: exiting now; the last complete checkpoint is intact. "
+            f"Continue with: collapse-sim resume {self.out}",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             write_json(self.out / RUN_FILE, dict(self.info, status="interrupted"))
         finally:
@@ -143,8 +157,10 @@ def _saver(ckpt: checkpoint.Checkpointer, writer: results.MetricsWriter, plan: p
 
 
 def describe(cfg: Config, plan: planmod.Plan) -> str:
-    return (f"{plan.n_cells} cells ({len(plan.points)} sweep points x {cfg.replicates} replicates) in "
-            f"{len(plan.groups)} group(s), generations 0..{cfg.generations}, {plan.n_devices} device(s)")
+    return (
+        f"{plan.n_cells} cells ({len(plan.points)} sweep points x {cfg.replicates} replicates) in "
+        f"{len(plan.groups)} group(s), generations 0..{cfg.generations}, {plan.n_devices} device(s)"
+    )
 
 
 def _write_problem(out: Path, e: Exception) -> str:
@@ -157,12 +173,13 @@ def _finish_quietly(ckpt, writer) -> None:
     for close in (ckpt.close, writer.close):
         try:
             close()
-        except Exception:  # noqa: BLE001 - the first error is the one reported
+        except Exception:
             pass
 
 
-def _execute(out: Path, cfg: Config, plan: planmod.Plan, info: dict, reporter: Reporter, chunks=None,
-             parts=None) -> None:
+def _execute(
+    out: Path, cfg: Config, plan: planmod.Plan, info: dict, reporter: Reporter, chunks=None, parts=None
+) -> None:
     """Run (or continue) a planned run in `out`: checkpoints, signals, metrics,
     then the figures and summary. The run directory's lock is held by the caller."""
     G = cfg.generations
@@ -198,15 +215,21 @@ def _execute(out: Path, cfg: Config, plan: planmod.Plan, info: dict, reporter: R
         info.update(status="failed", **({"error": str(e)} if disk else {}))
         write_json(out / RUN_FILE, info)
         if disk:
-            raise UserError(f"{_write_problem(out, e)}. Fix it, then continue with: collapse-sim resume {out}") from None
+            raise UserError(
+                f"{_write_problem(out, e)}. Fix it, then continue with: collapse-sim resume {out}"
+            ) from None
         raise
     seconds = time.perf_counter() - t0
     info["seconds"] = round(info.get("seconds", 0) + seconds, 3)
     if not done:
         info.update(status="interrupted", generation=min(c.generation for c in chunks))
         write_json(out / RUN_FILE, info)
-        raise Interrupted(f"collapse-sim: stopped with {rundir.at_text(loop.cells_at(chunks))}; checkpoint {ckpt.last_saved} "
-                          f"saved. Continue with: collapse-sim resume {out}", stopper.signum, out)
+        raise Interrupted(
+            f"collapse-sim: stopped with {rundir.at_text(loop.cells_at(chunks))}; checkpoint {ckpt.last_saved} "
+            f"saved. Continue with: collapse-sim resume {out}",
+            stopper.signum,
+            out,
+        )
     info.update(status="complete", generation=G, finished=datetime.now().isoformat(timespec="seconds"))
     info.pop("error", None)
     write_json(out / RUN_FILE, info)
@@ -219,11 +242,17 @@ def _finish(out: Path, cfg: Config, plan: planmod.Plan, seconds: float, reporter
     if "loss_nonfinite" in df:
         bad = df.loc[df["loss_nonfinite"] == 1, "cell"].nunique()
         if bad:
-            reporter.warn(f"collapse-sim: warning: {bad:,} of {plan.n_cells:,} cells had a non-finite training loss "
-                          "(rows with loss_nonfinite = 1)")
+            reporter.warn(
+                f"collapse-sim: warning: {bad:,} of {plan.n_cells:,} cells had a non-finite training loss "
+                "(rows with loss_nonfinite = 1)"
+            )
     plot = report.plot_metric(df, plan.sweep_keys, out / "heldout_nll.png", title=f"{cfg.name}: held-out NLL")
-    report.plot_panels(df, plan.sweep_keys, out / "metrics.png",
-                       title=f"{cfg.name}: every metric, median and 10-90 % band over replicates")
+    report.plot_panels(
+        df,
+        plan.sweep_keys,
+        out / "metrics.png",
+        title=f"{cfg.name}: every metric, median and 10-90 % band over replicates",
+    )
     table = report.summary(df, plan.sweep_keys)
     table.to_csv(out / "summary.csv", index=False)
     reporter.info(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -243,8 +272,10 @@ def _check_new_run_dir(out: Path) -> None:
         if not out.is_dir():
             raise UserError(f"{out}: --out exists and is not a directory")
         if (out / RUN_FILE).exists():
-            raise UserError(f"{out}: already holds a run; choose another --out (runs are never overwritten), "
-                            f"or continue it with: collapse-sim resume {out}")
+            raise UserError(
+                f"{out}: already holds a run; choose another --out (runs are never overwritten), "
+                f"or continue it with: collapse-sim resume {out}"
+            )
         if any(out.iterdir()):
             raise UserError(f"{out}: --out is a non-empty directory that is not a run; choose an empty or new one")
 
@@ -261,8 +292,13 @@ def _prepare() -> None:
     process.configure_logging_and_hooks()
 
 
-def run(config: str | Path | Config, overrides=(), out: str | Path | None = None, quiet: bool = True,
-        reporter: Reporter | None = None) -> Path:
+def run(
+    config: str | Path | Config,
+    overrides=(),
+    out: str | Path | None = None,
+    quiet: bool = True,
+    reporter: Reporter | None = None,
+) -> Path:
     """Run every cell of a config (a YAML path, or a `Config`) to generation G
     in a new run directory (`out`, default runs/<name>-<timestamp>/, which
     must be new or empty); returns its path. `overrides`: ``key.path=value``
@@ -301,8 +337,9 @@ def run(config: str | Path | Config, overrides=(), out: str | Path | None = None
     return out
 
 
-def resume(run_dir: str | Path, generations: int | None = None, quiet: bool = True,
-           reporter: Reporter | None = None) -> Path:
+def resume(
+    run_dir: str | Path, generations: int | None = None, quiet: bool = True, reporter: Reporter | None = None
+) -> Path:
     """Continue a run from its newest usable checkpoint to its G, or extend it
     to `generations`; returns its path. Results equal those of a run never
     interrupted (DESIGN §7.3)."""
@@ -323,8 +360,12 @@ def _resume(out: Path, info: dict, generations: int | None, reporter: Reporter) 
     where = str(out / CONFIG_FILE)
     cfg = cfgmod.load(out / CONFIG_FILE)
     if cfg.generations != info["generations"]:
-        raise ConfigError(where, "generations", f"changed from {info['generations']} to {cfg.generations} in the "
-                          f"file; extend a run with: collapse-sim resume {out} --generations {cfg.generations}")
+        raise ConfigError(
+            where,
+            "generations",
+            f"changed from {info['generations']} to {cfg.generations} in the "
+            f"file; extend a run with: collapse-sim resume {out} --generations {cfg.generations}",
+        )
     target = info["generations"] if generations is None else generations
     if target < 0:
         raise UserError(f"--generations: must be >= 0, got {target}")
@@ -337,8 +378,10 @@ def _resume(out: Path, info: dict, generations: int | None, reporter: Reporter) 
     done = meta["generation_min"] if meta else -1
     done_max = meta["generation_max"] if meta else -1
     if target < done_max:
-        raise UserError(f"--generations {target}: the run has already done {done_max} generations; "
-                        f"--generations can only extend a run")
+        raise UserError(
+            f"--generations {target}: the run has already done {done_max} generations; "
+            f"--generations can only extend a run"
+        )
 
     cfg = dataclasses.replace(cfg, generations=target)
     try:
@@ -353,13 +396,22 @@ def _resume(out: Path, info: dict, generations: int | None, reporter: Reporter) 
     diff = rundir.changed_key(saved_fp, now_fp)
     if diff is not None:
         key, old, new = diff
-        what = ("the source's content changed since the run started" if key == "source.content"
-                else f"changed from {old!r} to {new!r} since the run started")
-        raise ConfigError(where, key, f"{what}; a resumed run keeps every key that shapes its results "
-                          "(only --generations may change). Start a new run for a new config")
+        what = (
+            "the source's content changed since the run started"
+            if key == "source.content"
+            else f"changed from {old!r} to {new!r} since the run started"
+        )
+        raise ConfigError(
+            where,
+            key,
+            f"{what}; a resumed run keeps every key that shapes its results "
+            "(only --generations may change). Start a new run for a new config",
+        )
     if step is not None and done >= target and not unusable:
-        reporter.notice(f"{out}: already complete at generation {target}; nothing to do "
-                        f"(extend it with: collapse-sim resume {out} --generations N)")
+        reporter.notice(
+            f"{out}: already complete at generation {target}; nothing to do "
+            f"(extend it with: collapse-sim resume {out} --generations N)"
+        )
         return
     try:
         chunks = loop.restored_chunks(plan, groups, plan.n_devices) if groups is not None else None
@@ -377,8 +429,10 @@ def _resume(out: Path, info: dict, generations: int | None, reporter: Reporter) 
         write_json(out / RUN_FILE, info)
         rundir.write_text(out / CONFIG_FILE, cfgmod.dump(cfg))
     frm = f"checkpoint {step} ({rundir.at_text(meta['cells_at'])})" if step else "the start (no checkpoint was saved)"
-    reporter.info(f"collapse-sim: resuming {info['name']} from {frm} to generation {target}: {describe(cfg, plan)}"
-                  + (f"; dropped {n_rows:,} metric rows written after it (recomputed)" if n_parts else ""))
+    reporter.info(
+        f"collapse-sim: resuming {info['name']} from {frm} to generation {target}: {describe(cfg, plan)}"
+        + (f"; dropped {n_rows:,} metric rows written after it (recomputed)" if n_parts else "")
+    )
     _execute(out, cfg, plan, info, reporter, chunks=chunks, parts=manifest["parts"])
 
 

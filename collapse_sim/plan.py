@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from collapse_sim import config as cfgmod, families, keys
+from collapse_sim import config as cfgmod
+from collapse_sim import families, keys
 from collapse_sim.config import Config, ConfigError, SweepPoint
 from collapse_sim.corpus import CorpusSpec
 from collapse_sim.families.base import GroupSpec
@@ -87,8 +88,16 @@ def group_spec(point: SweepPoint, source: Source, gen_capacity: int) -> GroupSpe
     c = point.config
     fam = families.get(c.model.kind)
     model = fam.model_spec(c.model, source.vocab_size, c.real.seq_len)
-    cs = CorpusSpec.for_run(c.corpus.policy, c.real.sequences, c.real.seq_len, gen_capacity, c.corpus.train_sequences,
-                            c.generations, source.vocab_size, fam.count_rows(model))
+    cs = CorpusSpec.for_run(
+        c.corpus.policy,
+        c.real.sequences,
+        c.real.seq_len,
+        gen_capacity,
+        c.corpus.train_sequences,
+        c.generations,
+        source.vocab_size,
+        fam.count_rows(model),
+    )
     return GroupSpec(fam, model, cs, source.sampler, source.has_truth)
 
 
@@ -98,8 +107,12 @@ def _check(where: str, spec: GroupSpec, generations: int, platform: str) -> None
     if cs.rule.keeps_all:
         tokens = (cs.real_sequences + (generations + 1) * cs.gen_capacity) * cs.seq_len
         if tokens > INT32_MAX:
-            raise ConfigError(where, "generations", f"{cs.policy} would hold {tokens} tokens per cell after "
-                              f"{generations} generations; the limit is 2**31 - 1")
+            raise ConfigError(
+                where,
+                "generations",
+                f"{cs.policy} would hold {tokens} tokens per cell after "
+                f"{generations} generations; the limit is 2**31 - 1",
+            )
 
 
 def _chunk_size(where: str, spec: GroupSpec, n_cells: int, budget: int, devices: list) -> int:
@@ -108,8 +121,12 @@ def _chunk_size(where: str, spec: GroupSpec, n_cells: int, budget: int, devices:
     if 2 * per_cell > budget:  # a batch holds at least two cells per device
         key = max(parts, key=parts.get)
         what = spec.family.explain_part(spec, key) or f"{format_bytes(parts[key])} of it for {key}"
-        raise ConfigError(where, key, f"one cell needs about {format_bytes(per_cell)} ({what}); two cells per "
-                          f"device do not fit in the {format_bytes(budget)} a device can give")
+        raise ConfigError(
+            where,
+            key,
+            f"one cell needs about {format_bytes(per_cell)} ({what}); two cells per "
+            f"device do not fit in the {format_bytes(budget)} a device can give",
+        )
     nd = len(devices)
     chunk = min(budget // per_cell * nd, -(-n_cells // nd) * nd)  # the budget is per device
     cap = spec.family.cells_per_device(spec, devices[0].platform)
@@ -124,8 +141,12 @@ def make_plan(cfg: Config, where: str, devices=None) -> Plan:
     points = cfgmod.sweep_points(cfg)
     if len(points) * cfg.replicates > MAX_CELLS:
         key = "replicates" if cfg.replicates > MAX_CELLS // max(1, len(points)) else "sweep"
-        raise ConfigError(where, key, f"{len(points)} sweep points x {cfg.replicates} replicates = "
-                          f"{len(points) * cfg.replicates:,} cells; the limit is {MAX_CELLS:,} per run")
+        raise ConfigError(
+            where,
+            key,
+            f"{len(points)} sweep points x {cfg.replicates} replicates = "
+            f"{len(points) * cfg.replicates:,} cells; the limit is {MAX_CELLS:,} per run",
+        )
     sources: dict = {}
     by_key: dict = {}
     for point in points:
@@ -144,9 +165,13 @@ def make_plan(cfg: Config, where: str, devices=None) -> Plan:
         cells = [Cell(p.index * cfg.replicates + r, r, p) for p in pts for r in range(cfg.replicates)]
         chunk = _chunk_size(where, spec, len(cells), budget, devices)
         if heldout_n * spec.seq_len * 4 > budget // 4:
-            raise ConfigError(where, "real.heldout", f"{heldout_n:,} held-out sequences of {spec.seq_len} tokens "
-                              f"need {format_bytes(heldout_n * spec.seq_len * 4)}; the limit is "
-                              f"{format_bytes(budget // 4)}")
+            raise ConfigError(
+                where,
+                "real.heldout",
+                f"{heldout_n:,} held-out sequences of {spec.seq_len} tokens "
+                f"need {format_bytes(heldout_n * spec.seq_len * 4)}; the limit is "
+                f"{format_bytes(budget // 4)}",
+            )
         heldout = source.heldout(keys.heldout_key(source.digest, spec.seq_len, heldout_n), heldout_n, spec.seq_len)
         groups.append(Group(spec, source, heldout, cells, chunk))
     return Plan(cfg, points, groups, len(devices))

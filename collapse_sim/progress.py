@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import sys
 
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 
@@ -27,8 +34,15 @@ class ConsoleReporter:
         self.cells, self.generations = cells, generations
         if self.quiet:
             return
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _Rate(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
         self.task = self.bar.add_task(f"gen 0/{generations} · {cells} cells", total=total)
         self.bar.start()
 
@@ -37,7 +51,9 @@ class ConsoleReporter:
             return
         where = f"group {group}/{groups} · " if groups > 1 else ""
         where += f"chunk {chunk}/{chunks} · " if chunks > 1 else ""
-        self.bar.update(self.task, advance=n, description=f"{where}gen {generation}/{self.generations} · {self.cells} cells")
+        self.bar.update(
+            self.task, advance=n, description=f"{where}gen {generation}/{self.generations} · {self.cells} cells"
+        )
 
     def close(self) -> None:
         if self.bar is not None:

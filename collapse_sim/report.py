@@ -23,7 +23,18 @@ def _by_point(df: pd.DataFrame, sweep_keys: list[str]):
         yield dict(zip(sweep_keys, values)), sub
 
 
-METRICS = ["heldout_nll", "kl_true", "tv_true", "sq_true", "entropy", "train_loss", "support", "distinct_2", "unique_seq", "real_fraction"]
+METRICS = [
+    "heldout_nll",
+    "kl_true",
+    "tv_true",
+    "sq_true",
+    "entropy",
+    "train_loss",
+    "support",
+    "distinct_2",
+    "unique_seq",
+    "real_fraction",
+]
 NATS = ("heldout_nll", "entropy", "kl_true", "train_loss")
 
 
@@ -51,7 +62,9 @@ def _replicates(df: pd.DataFrame, sweep_keys: list[str]) -> int:
     return df.groupby("cell").ngroups // max(1, sum(1 for _ in _by_point(df, sweep_keys)))
 
 
-def plot_metric(df: pd.DataFrame, sweep_keys: list[str], out: str | Path, metric: str = "heldout_nll", title: str = "") -> Path:
+def plot_metric(
+    df: pd.DataFrame, sweep_keys: list[str], out: str | Path, metric: str = "heldout_nll", title: str = ""
+) -> Path:
     """One metric against generation: a line per sweep point, a band over replicates."""
     import matplotlib
 
@@ -83,7 +96,7 @@ def plot_panels(df: pd.DataFrame, sweep_keys: list[str], out: str | Path, title:
     for ax, metric in zip(axes.flat, present):
         _draw(ax, df, sweep_keys, metric)
         ax.set_title(metric, fontsize=10)
-    for ax in list(axes.flat)[len(present):]:
+    for ax in list(axes.flat)[len(present) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[len(present) - 1].get_legend_handles_labels()  # real_fraction: always finite
     fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8)
@@ -95,7 +108,9 @@ def plot_panels(df: pd.DataFrame, sweep_keys: list[str], out: str | Path, title:
     return out
 
 
-def summary(df: pd.DataFrame, sweep_keys: list[str], metrics: tuple[str, ...] = ("heldout_nll", "tv_true")) -> pd.DataFrame:
+def summary(
+    df: pd.DataFrame, sweep_keys: list[str], metrics: tuple[str, ...] = ("heldout_nll", "tv_true")
+) -> pd.DataFrame:
     """Median of each metric over replicates at the first and last generation,
     per sweep point (metrics the run did not record are skipped)."""
     g0, g1 = int(df["generation"].min()), int(df["generation"].max())

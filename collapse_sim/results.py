@@ -75,7 +75,9 @@ class MetricsWriter:
     `manifest()` extends it with every part this writer wrote.
     """
 
-    def __init__(self, run_dir: str | Path, rows_per_part: int = 200_000, seconds: float | None = None, parts: list | None = None):
+    def __init__(
+        self, run_dir: str | Path, rows_per_part: int = 200_000, seconds: float | None = None, parts: list | None = None
+    ):
         self.dir = Path(run_dir) / METRICS_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rows_per_part = rows_per_part
@@ -102,7 +104,9 @@ class MetricsWriter:
         tmp = path.with_suffix(".parquet.tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, path)
-        self.parts.append({"name": path.name, "rows": table.num_rows, "bytes": path.stat().st_size, "crc32": file_crc32(path)})
+        self.parts.append(
+            {"name": path.name, "rows": table.num_rows, "bytes": path.stat().st_size, "crc32": file_crc32(path)}
+        )
         self._next += 1
         self._tables, self._rows, self._last = [], 0, time.monotonic()
 
@@ -133,7 +137,7 @@ def prune(run_dir: str | Path, manifest: dict) -> tuple[int, int]:
         if path.name not in keep:
             try:
                 rows += part_rows(path)
-            except Exception:  # noqa: BLE001 - a damaged extra part is removed all the same
+            except Exception:
                 pass
             path.unlink()
             parts += 1

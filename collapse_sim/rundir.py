@@ -30,7 +30,7 @@ FORMAT_VERSION = 3
 OLDER_FORMATS = {
     1: "was made before checkpoints existed and cannot be resumed; start a new run",
     2: "was written by collapse-sim 0.1 (checkpoints name parameters by leaf order); "
-       "resume it with that version: pip install 'collapse_sim==0.1.*'",
+    "resume it with that version: pip install 'collapse_sim==0.1.*'",
 }
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -79,13 +79,16 @@ def read_info(run_dir: Path) -> dict:
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: unreadable ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise UserError(
+            f"{path}: unreadable ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     if not isinstance(info, dict) or "format" not in info:
         raise UserError(f"{path}: not a collapse-sim run file (no format field)")
     if info["format"] != FORMAT_VERSION:
         why = OLDER_FORMATS.get(info["format"], "is not one this version knows (made by a newer collapse-sim?)")
-        raise UserError(f"{run_dir}: run directory format {info['format']!r} {why}; "
-                        f"this collapse-sim reads format {FORMAT_VERSION}")
+        raise UserError(
+            f"{run_dir}: run directory format {info['format']!r} {why}; this collapse-sim reads format {FORMAT_VERSION}"
+        )
     for key, kind in (("generations", int), ("name", str), ("cells", int)):
         if not isinstance(info.get(key), kind):
             raise UserError(f"{path}: {key}: missing or not a {kind.__name__}")
@@ -110,7 +113,9 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise UserError(f"{self.path.parent}: in use by another collapse-sim process{f' (pid {holder})' if holder else ''}") from None
+            raise UserError(
+                f"{self.path.parent}: in use by another collapse-sim process{f' (pid {holder})' if holder else ''}"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd
@@ -170,7 +175,7 @@ def changed_key(saved: dict, now: dict) -> tuple[str, object, object] | None:
 def at_text(at: dict) -> str:
     """'every cell at generation 10' or '12 cells at generation 10, 24 not started'."""
     if len(at) == 1:
-        (g, _), = at.items()
+        ((g, _),) = at.items()
         return "no cell started" if g == "-1" else f"every cell at generation {g}"
     return ", ".join(f"{n:,} cells " + ("not started" if g == "-1" else f"at generation {g}") for g, n in at.items())
 

@@ -69,8 +69,22 @@ class ModelConfig:
 # the model keys each family reads; the others cannot change a trajectory
 MODEL_KEYS = {
     "ngram": ("order", "smoothing"),
-    "transformer": ("d_model", "layers", "heads", "mlp_ratio", "tie", "steps", "batch_size", "learning_rate",
-                    "weight_decay", "warmup", "schedule", "grad_clip", "init", "dtype"),
+    "transformer": (
+        "d_model",
+        "layers",
+        "heads",
+        "mlp_ratio",
+        "tie",
+        "steps",
+        "batch_size",
+        "learning_rate",
+        "weight_decay",
+        "warmup",
+        "schedule",
+        "grad_clip",
+        "init",
+        "dtype",
+    ),
 }
 
 
@@ -156,4 +170,3 @@ ALL_KEYS = LEAF_KEYS + list(SECTIONS) + ["sweep"]
 def real_count(real_fraction: float, train_sequences: int) -> int:
     """round(rho * m) with halves rounded up: the real sequences of mix / fresh."""
     return int(math.floor(real_fraction * train_sequences + 0.5))
-

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from collapse_sim import checkpoint, config as cfgmod, results, rundir
+from collapse_sim import checkpoint, results, rundir
+from collapse_sim import config as cfgmod
 from collapse_sim.rundir import CONFIG_FILE, at_text, format_bytes
 
 
@@ -49,18 +50,28 @@ def inspect(run_dir: str | Path, verify: bool = False) -> int:
     lines.append(("generations", done))
     if cfg is not None:
         every = cfg.checkpoint.every
-        lines.append(("checkpoints", (f"every {every} generations" if every else "at the end only") + f", newest {cfg.checkpoint.keep} kept"))
+        lines.append(
+            (
+                "checkpoints",
+                (f"every {every} generations" if every else "at the end only") + f", newest {cfg.checkpoint.keep} kept",
+            )
+        )
     parts = results.part_files(out)
     rows = 0
     for p in parts:
         try:
             rows += results.part_rows(p)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
     covered = newest["metrics"]["rows"] if newest else 0
     extra = rows - covered if newest and info.get("status") != "complete" else 0
-    lines.append(("metrics", f"{rows:,} rows in {len(parts)} part(s)"
-                  + (f"; {extra:,} written after the newest checkpoint (recomputed on resume)" if extra > 0 else "")))
+    lines.append(
+        (
+            "metrics",
+            f"{rows:,} rows in {len(parts)} part(s)"
+            + (f"; {extra:,} written after the newest checkpoint (recomputed on resume)" if extra > 0 else ""),
+        )
+    )
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
         print(f"{k:<{width}}  {v}")
@@ -69,11 +80,16 @@ def inspect(run_dir: str | Path, verify: bool = False) -> int:
         print(f"  {'step':>4}  {'generation':>10}  {'reason':<7}  {'saved':<19}  {'size':>10}")
         for c in listed:
             if c.meta is None:
-                print(f"  {c.step:>4}  {'?':>10}  {'':<7}  {'':<19}  {format_bytes(c.bytes):>10}  unusable: {c.problem}")
+                print(
+                    f"  {c.step:>4}  {'?':>10}  {'':<7}  {'':<19}  {format_bytes(c.bytes):>10}  unusable: {c.problem}"
+                )
                 continue
             lo, hi = c.meta.get("generation_min"), c.meta.get("generation_max")
             gen, note = (f"{lo}", "") if lo == hi else ("mixed", f"  ({at_text(c.meta.get('cells_at', {}))})")
-            print(f"  {c.step:>4}  {gen:>10}  {str(c.meta.get('reason', '')):<7}  {str(c.meta.get('saved', '')):<19}  {format_bytes(c.bytes):>10}{note}")
+            print(
+                f"  {c.step:>4}  {gen:>10}  {str(c.meta.get('reason', '')):<7}  "
+                f"{str(c.meta.get('saved', '')):<19}  {format_bytes(c.bytes):>10}{note}"
+            )
         print(f"  {'':>4}  {'':>10}  {'total':<7}  {'':<19}  {format_bytes(sum(c.bytes for c in listed)):>10}")
     aside = out / checkpoint.UNUSABLE_DIR
     if aside.is_dir() and any(aside.iterdir()):
@@ -104,9 +120,14 @@ def _config_summary(cfg) -> str:
         source = f"categorical (V={src.vocab_size})"
     m = cfg.model
     if m.kind == "transformer":
-        model = (f"transformer d_model {m.d_model}, layers {m.layers}, heads {m.heads}, steps {m.steps}, "
-                 f"batch {m.batch_size}, lr {m.learning_rate:g}, init {m.init}, {m.dtype}")
+        model = (
+            f"transformer d_model {m.d_model}, layers {m.layers}, heads {m.heads}, steps {m.steps}, "
+            f"batch {m.batch_size}, lr {m.learning_rate:g}, init {m.init}, {m.dtype}"
+        )
     else:
         model = f"ngram order {m.order}, smoothing {m.smoothing:g}"
-    return (f"{cfg.name}: {source}; {model}; "
-            f"N0={cfg.real.sequences}, L={cfg.real.seq_len}, k={cfg.generate.sequences}; policy {cfg.corpus.policy}; seed {cfg.seed}")
+    return (
+        f"{cfg.name}: {source}; {model}; "
+        f"N0={cfg.real.sequences}, L={cfg.real.seq_len}, k={cfg.generate.sequences}; "
+        f"policy {cfg.corpus.policy}; seed {cfg.seed}"
+    )

@@ -7,8 +7,8 @@ the value when the key is swept.
 from __future__ import annotations
 
 from collapse_sim.policies import POLICIES
-from collapse_sim.schema import (MAX_VOCAB, MODEL_KINDS, SOURCE_KINDS, Config, ConfigError, ModelConfig,
-                                 real_count)
+from collapse_sim.schema import MAX_VOCAB, MODEL_KINDS, SOURCE_KINDS, Config, ConfigError, ModelConfig, real_count
+
 
 def _require(ok: bool, where: str, key: str, message: str, swept: dict) -> None:
     if not ok:
@@ -20,7 +20,7 @@ def _require(ok: bool, where: str, key: str, message: str, swept: dict) -> None:
 def validate(where: str, cfg: Config, explicit_vocab: bool = True, swept: dict | None = None) -> None:
     """Range and cross-key checks on one effective config (no file access)."""
     s = swept or {}
-    req = lambda ok, key, msg: _require(ok, where, key, msg, s)  # noqa: E731
+    req = lambda ok, key, msg: _require(ok, where, key, msg, s)
     req(cfg.replicates >= 1, "replicates", f"must be >= 1, got {cfg.replicates}")
     req(cfg.generations >= 0, "generations", f"must be >= 0, got {cfg.generations}")
     req(0 <= cfg.seed < 2**32, "seed", f"must be in [0, 2**32), got {cfg.seed}")
@@ -89,7 +89,11 @@ def validate(where: str, cfg: Config, explicit_vocab: bool = True, swept: dict |
             f"generate.sequences = {k} is too small",
         )
         if rule.draw == "mix":
-            req(r <= n0, "real.sequences", f"mix draws {r} real sequences without replacement; real.sequences = {n0} is too small")
+            req(
+                r <= n0,
+                "real.sequences",
+                f"mix draws {r} real sequences without replacement; real.sequences = {n0} is too small",
+            )
     ck = cfg.checkpoint
     req(ck.every >= 0, "checkpoint.every", f"must be >= 0, got {ck.every}")
     req(ck.keep >= 1, "checkpoint.keep", f"must be >= 1, got {ck.keep}")
@@ -98,13 +102,19 @@ def validate(where: str, cfg: Config, explicit_vocab: bool = True, swept: dict |
 def _validate_transformer(req, model: ModelConfig) -> None:
     for key in ("d_model", "layers", "heads", "mlp_ratio", "steps", "batch_size"):
         req(getattr(model, key) >= 1, f"model.{key}", f"must be >= 1, got {getattr(model, key)}")
-    req(model.d_model % model.heads == 0, "model.heads",
-        f"must divide model.d_model = {model.d_model} (heads split it), got {model.heads}")
+    req(
+        model.d_model % model.heads == 0,
+        "model.heads",
+        f"must divide model.d_model = {model.d_model} (heads split it), got {model.heads}",
+    )
     req(model.learning_rate > 0, "model.learning_rate", f"must be > 0, got {model.learning_rate}")
     req(model.weight_decay >= 0, "model.weight_decay", f"must be >= 0, got {model.weight_decay}")
     req(model.warmup >= 0, "model.warmup", f"must be >= 0, got {model.warmup}")
     req(model.grad_clip > 0, "model.grad_clip", f"must be > 0, got {model.grad_clip}")
-    req(model.schedule in ("cosine", "constant"), "model.schedule", f"must be cosine or constant, got {model.schedule!r}")
+    req(
+        model.schedule in ("cosine", "constant"),
+        "model.schedule",
+        f"must be cosine or constant, got {model.schedule!r}",
+    )
     req(model.init in ("fresh", "continue"), "model.init", f"must be fresh or continue, got {model.init!r}")
     req(model.dtype in ("float32", "bfloat16"), "model.dtype", f"must be float32 or bfloat16, got {model.dtype!r}")
-

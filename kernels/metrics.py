@@ -40,6 +40,7 @@ def truth_divergences(model_FxV, true_FxV, weight_F):
     Returns (kl, tv, sq) scalars; kl is +inf where M gives 0 to a token P does
     not, never NaN (zero-weight contexts contribute nothing).
     """
+
     def average(row_F):
         return total(jnp.where(weight_F > 0, weight_F * row_F, 0.0))
 

@@ -190,7 +190,9 @@ class Transformer(nn.Module):
         B, L = tokens_BxL.shape
         inputs = jnp.concatenate([jnp.full((B, 1), a.vocab_size, tokens_BxL.dtype), tokens_BxL[:, :-1]], axis=1)
         # HIGHEST: a lookup must not be rounded (GPUs may run float32 matmuls in TF32)
-        x = jnp.matmul(_onehot(inputs.reshape(-1), a.vocab_size + 1), self.embed.embedding, precision=jax.lax.Precision.HIGHEST)
+        x = jnp.matmul(
+            _onehot(inputs.reshape(-1), a.vocab_size + 1), self.embed.embedding, precision=jax.lax.Precision.HIGHEST
+        )
         x = (x.reshape(B, L, -1) + self.pos[None, :L]).reshape(B * L, -1)
         for block in self.blocks:
             x = block(x, B)
@@ -276,7 +278,9 @@ def train(arch: Arch, tx, params, key, rows, n_valid, steps: int, batch: int):
 
 def init_caches(arch: Arch, n: int):
     shape = (n, arch.seq_len, arch.heads, arch.head_dim)
-    return tuple((jnp.zeros(shape, arch.compute_dtype), jnp.zeros(shape, arch.compute_dtype)) for _ in range(arch.layers))
+    return tuple(
+        (jnp.zeros(shape, arch.compute_dtype), jnp.zeros(shape, arch.compute_dtype)) for _ in range(arch.layers)
+    )
 
 
 def decode_step(arch: Arch, params, prev_N, pos, caches):

@@ -12,11 +12,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="collapse-sim-test-jax-")
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import numpy as np
+import pytest
 
-from tests.helpers import ALL, TWO, run_cli, write  # noqa: E402
+from tests.helpers import ALL, TWO, run_cli, write
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -30,8 +30,6 @@ def reference(tmp_path_factory):
         assert run_cli("run", write(d, text, f"{name}.yaml"), "--out", d / name, "--quiet") == 0
         refs[name] = d / name
     return refs
-
-
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 import jax
 import pandas as pd
 
-from collapse_sim import cli, config, load_metrics, loop, plan as planmod, results
-
+from collapse_sim import cli, config, load_metrics, loop, results
+from collapse_sim import plan as planmod
 
 
 def run_rows(cfg, devices=None, keep=None, chunk=None) -> pd.DataFrame:
@@ -69,7 +69,11 @@ def assert_same_metrics(a: Path, b: Path) -> None:
 
 def tree_state(path: Path) -> dict:
     """Every file under path with the SHA-256 of its bytes."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 class SignalAfter:
@@ -86,3 +90,17 @@ class SignalAfter:
                 os.kill(os.getpid(), self.sig)
 
         monkeypatch.setattr(results.MetricsWriter, "add", counting)
+
+
+# a small quickstart (the built-in text): 2 policies x 2 k x 2 replicates, generations 0..4
+SMALL = [
+    "replicates=2",
+    "generations=4",
+    "checkpoint.every=2",
+    "real.sequences=60",
+    "real.seq_len=8",
+    "real.heldout=20",
+    "corpus.train_sequences=40",
+    "sweep.corpus.policy=[replace, accumulate_subsample]",
+    "sweep.generate.sequences=[20, 50]",
+]

@@ -138,7 +138,7 @@ def transformer_logits(params, tokens_BxL, V, heads, tie):
     """Logits [B, L, V] of the kernels.transformer model, in float64, one
     sequence and one head at a time."""
     P = {k: v for k, v in params.items()}
-    f = lambda t: {k: (f(v) if isinstance(v, dict) else np.asarray(v, np.float64)) for k, v in t.items()}  # noqa: E731
+    f = lambda t: {k: (f(v) if isinstance(v, dict) else np.asarray(v, np.float64)) for k, v in t.items()}
     P = f(P)
     B, L = tokens_BxL.shape
     emb = P["embed"]["embedding"]

@@ -66,7 +66,9 @@ def test_rows_written_after_the_checkpoint_are_not_duplicated(tmp_path, referenc
 
 def test_extend_a_finished_run_equals_a_longer_run(tmp_path, reference, capsys):
     out = tmp_path / "run"
-    assert run_cli("run", write(tmp_path, TWO.replace("generations: 9", "generations: 4")), "--out", out, "--quiet") == 0
+    assert (
+        run_cli("run", write(tmp_path, TWO.replace("generations: 9", "generations: 4")), "--out", out, "--quiet") == 0
+    )
     assert run_cli("resume", out, "--generations", 9, "--quiet") == 0
     assert_same_metrics(out, reference["two"])  # accumulate_subsample's buffer grew from 5 to 10 generations
     assert json.loads((out / "run.json").read_text())["generations"] == 9
@@ -81,7 +83,9 @@ def test_extend_a_finished_run_equals_a_longer_run(tmp_path, reference, capsys):
 def test_extend_an_interrupted_run(tmp_path, reference, monkeypatch):
     out = tmp_path / "run"
     SignalAfter(monkeypatch, 6)
-    assert run_cli("run", write(tmp_path, TWO.replace("generations: 9", "generations: 5")), "--out", out, "--quiet") == 143
+    assert (
+        run_cli("run", write(tmp_path, TWO.replace("generations: 9", "generations: 5")), "--out", out, "--quiet") == 143
+    )
     monkeypatch.undo()
     assert run_cli("resume", out, "--generations", 9, "--quiet") == 0
     assert_same_metrics(out, reference["two"])
@@ -103,7 +107,10 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path
 
 
 def _data_files(step_dir: Path) -> list[Path]:
-    return sorted((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"), key=lambda p: -p.stat().st_size)
+    return sorted(
+        (p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
+        key=lambda p: -p.stat().st_size,
+    )
 
 
 def garble(step_dir: Path) -> None:
@@ -181,13 +188,22 @@ def test_edited_config_is_refused_naming_the_key(tmp_path, capsys):
     assert run_cli("resume", out, "--quiet") == 0
 
 
-@pytest.mark.parametrize("make, expect", [
-    (lambda d: None, "no such directory"),
-    (lambda d: d.mkdir(), "not a collapse-sim run directory"),
-    (lambda d: (d.mkdir(), (d / "run.json").write_text("{not json")), "unreadable"),
-    (lambda d: (d.mkdir(), (d / "run.json").write_text('{"format": 1, "name": "x", "cells": 1, "generations": 3}')), "format 1"),
-    (lambda d: (d.mkdir(), (d / "run.json").write_text('{"format": 99}')), "format 99"),
-])
+@pytest.mark.parametrize(
+    "make, expect",
+    [
+        (lambda d: None, "no such directory"),
+        (lambda d: d.mkdir(), "not a collapse-sim run directory"),
+        (lambda d: (d.mkdir(), (d / "run.json").write_text("{not json")), "unreadable"),
+        (
+            lambda d: (
+                d.mkdir(),
+                (d / "run.json").write_text('{"format": 1, "name": "x", "cells": 1, "generations": 3}'),
+            ),
+            "format 1",
+        ),
+        (lambda d: (d.mkdir(), (d / "run.json").write_text('{"format": 99}')), "format 99"),
+    ],
+)
 def test_not_a_run_directory(tmp_path, capsys, make, expect):
     d = tmp_path / "x"
     make(d)
@@ -200,9 +216,13 @@ def test_not_a_run_directory(tmp_path, capsys, make, expect):
 def test_loading_a_run_evaluates_nothing(tmp_path, capsys):
     """A crafted config.yaml cannot run code: it is read with a safe loader."""
     out = tmp_path / "run"
-    assert run_cli("run", write(tmp_path, TWO.replace("generations: 9", "generations: 2")), "--out", out, "--quiet") == 0
+    assert (
+        run_cli("run", write(tmp_path, TWO.replace("generations: 9", "generations: 2")), "--out", out, "--quiet") == 0
+    )
     marker = tmp_path / "pwned"
-    (out / "config.yaml").write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n" + (out / "config.yaml").read_text())
+    (out / "config.yaml").write_text(
+        f"name: !!python/object/apply:os.system ['touch {marker}']\n" + (out / "config.yaml").read_text()
+    )
     capsys.readouterr()
     assert run_cli("resume", out, "--generations", 3) == 2
     assert run_cli("inspect", out) == 0  # inspect reports the config as unreadable and goes on
@@ -212,7 +232,9 @@ def test_loading_a_run_evaluates_nothing(tmp_path, capsys):
 
 def test_a_run_in_use_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_cli("run", write(tmp_path, TWO.replace("generations: 9", "generations: 2")), "--out", out, "--quiet") == 0
+    assert (
+        run_cli("run", write(tmp_path, TWO.replace("generations: 9", "generations: 2")), "--out", out, "--quiet") == 0
+    )
     lock = rundir.RunLock(out)
     lock.acquire()
     try:
@@ -240,8 +262,14 @@ sys.exit(main(sys.argv[2:]))
 
 def cli_process(*args, file_size_limit: int = 0) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLLAPSE_SIM_FLUSH_SECONDS="0")
-    return subprocess.Popen([sys.executable, "-c", LAUNCH, str(file_size_limit), *map(str, args)], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, str(file_size_limit), *map(str, args)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(predicate, timeout=120.0, poll=0.002):
@@ -300,7 +328,9 @@ def test_second_sigterm_exits_at_once_and_the_previous_checkpoint_is_intact(tmp_
     """The first SIGTERM starts an orderly stop (finish the generation, save);
     a second, sent as soon as the first is acknowledged, exits at once,
     abandoning that save: the checkpoint before it still verifies."""
-    cfg = write(tmp_path, GROW.replace("generations: 8", "generations: 40").replace("sequences: 3000", "sequences: 20000"))
+    cfg = write(
+        tmp_path, GROW.replace("generations: 8", "generations: 40").replace("sequences: 3000", "sequences: 20000")
+    )
     out = tmp_path / "run"
     p = cli_process("run", cfg, "--out", out, "--quiet")
     assert wait_for(lambda: len(checkpoint.step_dirs(out)) >= 2, poll=0.005), p.communicate()
@@ -347,7 +377,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path):
     # 3: mid-save, verified by the temporary directory the kill leaves behind
     for _ in range(8):
         p = start()
-        wait_for(lambda: saving(out) or p.poll() is not None, poll=0.0005)
+        wait_for(lambda p=p: saving(out) or p.poll() is not None, poll=0.0005)
         p.kill(), p.wait()
         if saving(out):
             kills.append("mid-save")
@@ -362,8 +392,13 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path):
 def test_checkpoint_arrays_roundtrip_and_checksums(tmp_path):
     """The array layer alone: zero-size arrays, dtypes, a checksum that catches one flipped bit."""
     rng = np.random.default_rng(0)
-    groups = [{"a": rng.integers(0, 255, (50, 7), dtype=np.uint8), "empty": np.zeros((3, 0, 4), np.uint16),
-               "f": rng.standard_normal(9).astype(np.float32)}]
+    groups = [
+        {
+            "a": rng.integers(0, 255, (50, 7), dtype=np.uint8),
+            "empty": np.zeros((3, 0, 4), np.uint16),
+            "f": rng.standard_normal(9).astype(np.float32),
+        }
+    ]
     (tmp_path / "metrics").mkdir()
     ck = checkpoint.Checkpointer(tmp_path, keep=2)
     ck.save(groups, {"metrics": {"parts": [], "rows": 0}})

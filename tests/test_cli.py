@@ -10,6 +10,7 @@ import pytest
 
 import collapse_sim
 from collapse_sim import cli as climod
+from tests.helpers import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +34,8 @@ def in_process(capsys, *args) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "qs"
-    r = cli("run", "configs/quickstart.yaml", "--set", "replicates=2", "--set", "generations=3",
-            "--set", "sweep.generate.sequences=[50, 100]", "--out", str(out))
+    sets = [x for s in SMALL for x in ("--set", s)]  # the library tests' config: its compiled programs are cached
+    r = cli("run", "configs/quickstart.yaml", *sets, "--out", str(out))
     return r, out
 
 
@@ -44,10 +45,20 @@ def test_quickstart_sized_run(smoke):
     assert r.returncode == 0, r.stderr
     assert f"run directory: {out}" in r.stdout
     df = collapse_sim.load_metrics(out)
-    assert len(df) == 3 * 2 * 2 * 4
-    assert set(df.generation) == {0, 1, 2, 3}
-    assert {"cell", "replicate", "corpus.policy", "generate.sequences", "heldout_nll", "entropy", "support",
-            "distinct_2", "unique_seq", "real_fraction"} <= set(df.columns)
+    assert len(df) == 2 * 2 * 2 * 5
+    assert set(df.generation) == {0, 1, 2, 3, 4}
+    assert {
+        "cell",
+        "replicate",
+        "corpus.policy",
+        "generate.sequences",
+        "heldout_nll",
+        "entropy",
+        "support",
+        "distinct_2",
+        "unique_seq",
+        "real_fraction",
+    } <= set(df.columns)
     assert "kl_true" not in df.columns  # text has no known truth: absent, not zero
     assert (out / "heldout_nll.png").stat().st_size > 10_000 and (out / "metrics.png").stat().st_size > 10_000
     assert (out / "config.yaml").exists() and (out / "summary.csv").exists()
@@ -62,19 +73,25 @@ def test_refuses_to_overwrite_a_run(smoke):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
-@pytest.mark.parametrize("sets,key", [
-    (["modle.order=2"], "modle.order"),
-    (["replicates=lots"], "replicates"),
-    (["real.sequences=-3"], "real.sequences"),
-    (["corpus.real_fraction=1.5"], "corpus.real_fraction"),
-    (["generate.top_p=0"], "generate.top_p"),
-    (["source.kind=categorical", "source.probs=[0.2, 0.2]"], "source.probs"),
-    (["sweep={}", "corpus.policy=mix", "corpus.train_sequences=500", "generate.sequences=10"], "generate.sequences"),
-    (["corpus.train_sequences=20000"], "corpus.train_sequences"),  # accumulate_subsample: m > N0 + k
-    (["sweep.model.orderr=[1, 2]"], "sweep.model.orderr"),
-    (["source.kind=categorical", "source.vocab_size=64", "model.order=5"], "model.order"),
-    (["source.kind=markov", "source.order=6", "source.vocab_size=40"], "source.order"),
-])
+@pytest.mark.parametrize(
+    "sets,key",
+    [
+        (["modle.order=2"], "modle.order"),
+        (["replicates=lots"], "replicates"),
+        (["real.sequences=-3"], "real.sequences"),
+        (["corpus.real_fraction=1.5"], "corpus.real_fraction"),
+        (["generate.top_p=0"], "generate.top_p"),
+        (["source.kind=categorical", "source.probs=[0.2, 0.2]"], "source.probs"),
+        (
+            ["sweep={}", "corpus.policy=mix", "corpus.train_sequences=500", "generate.sequences=10"],
+            "generate.sequences",
+        ),
+        (["corpus.train_sequences=20000"], "corpus.train_sequences"),  # accumulate_subsample: m > N0 + k
+        (["sweep.model.orderr=[1, 2]"], "sweep.model.orderr"),
+        (["source.kind=categorical", "source.vocab_size=64", "model.order=5"], "model.order"),
+        (["source.kind=markov", "source.order=6", "source.vocab_size=40"], "source.order"),
+    ],
+)
 def test_bad_input_exit_2_one_line(tmp_path, capsys, monkeypatch, sets, key):
     monkeypatch.chdir(ROOT)
     args = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "o")]
@@ -102,8 +119,9 @@ def test_bad_text_file_exit_2(tmp_path, capsys, content):
     path = tmp_path / "corpus.txt"
     if content is not None:
         path.write_bytes(content)
-    code, _, err = in_process(capsys, "run", ROOT / "configs/quickstart.yaml", "--set", f"source.path={path}",
-                              "--out", tmp_path / "o")
+    code, _, err = in_process(
+        capsys, "run", ROOT / "configs/quickstart.yaml", "--set", f"source.path={path}", "--out", tmp_path / "o"
+    )
     assert code == 2 and "source.path" in err and len(err.strip().splitlines()) == 1, err
 
 
@@ -116,9 +134,22 @@ def test_help():
 
 
 def test_sweep_over_a_list_valued_key(tmp_path, capsys):
-    code, _, err = in_process(capsys, "run", ROOT / "configs/quickstart.yaml", "--quiet", "--set",
-                              "source.kind=categorical", "--set", "replicates=2", "--set", "generations=2", "--set",
-                              "sweep={source.probs: [[0.5, 0.5], [0.2, 0.8]]}", "--out", tmp_path / "o")
+    code, _, err = in_process(
+        capsys,
+        "run",
+        ROOT / "configs/quickstart.yaml",
+        "--quiet",
+        "--set",
+        "source.kind=categorical",
+        "--set",
+        "replicates=2",
+        "--set",
+        "generations=2",
+        "--set",
+        "sweep={source.probs: [[0.5, 0.5], [0.2, 0.8]]}",
+        "--out",
+        tmp_path / "o",
+    )
     assert code == 0, err
     df = collapse_sim.load_metrics(tmp_path / "o")
     assert set(df["source.probs"]) == {"[0.5, 0.5]", "[0.2, 0.8]"}

@@ -21,43 +21,59 @@ def error(tmp_path, text, overrides=()):
 
 
 def test_defaults_and_overrides(tmp_path):
-    cfg = config.load(write(tmp_path, "name: x\nmodel: {order: 3}\n"), ["generate.temperature=0.5", "sweep.corpus.policy=[replace, mix]"])
+    cfg = config.load(
+        write(tmp_path, "name: x\nmodel: {order: 3}\n"),
+        ["generate.temperature=0.5", "sweep.corpus.policy=[replace, mix]"],
+    )
     assert cfg.model.order == 3 and cfg.generate.temperature == 0.5 and cfg.real.seq_len == 32
     assert [p.config.corpus.policy for p in config.sweep_points(cfg)] == ["replace", "mix"]
     assert config.load(None).name == "run"
 
 
 def test_sweep_grid_is_the_product(tmp_path):
-    cfg = config.load(write(tmp_path, "sweep:\n  corpus.policy: [replace, accumulate]\n  generate.sequences: [10, 20, 30]\n"))
+    cfg = config.load(
+        write(tmp_path, "sweep:\n  corpus.policy: [replace, accumulate]\n  generate.sequences: [10, 20, 30]\n")
+    )
     points = config.sweep_points(cfg)
     assert len(points) == 6 and points[1].values == (("corpus.policy", "replace"), ("generate.sequences", 20))
 
 
-@pytest.mark.parametrize("text,key,fragment", [
-    ("modle: {order: 2}\n", "modle", "did you mean model"),
-    ("model: {ordr: 2}\n", "model.ordr", "did you mean model.order"),
-    ("replicates: many\n", "replicates", "expected an integer"),
-    ("generate: {temperature: hot}\n", "generate.temperature", "expected a number"),
-    ("real: {sequences: -5}\n", "real.sequences", "must be >= 1"),
-    ("corpus: {real_fraction: 1.5}\n", "corpus.real_fraction", "must be in [0, 1]"),
-    ("generate: {top_p: 0}\n", "generate.top_p", "must be in (0, 1]"),
-    ("generate: {top_p: 1.2}\n", "generate.top_p", "must be in (0, 1]"),
-    ("source: {kind: categorical, probs: [0.5, 0.4]}\n", "source.probs", "must sum to 1"),
-    ("source: {kind: categorical, probs: [0.5, -0.1, 0.6]}\n", "source.probs", ">= 0"),
-    ("corpus: {policy: mix, train_sequences: 100, real_fraction: 0.2}\ngenerate: {sequences: 50}\n", "generate.sequences", "too small"),
-    ("corpus: {policy: hoard}\n", "corpus.policy", "must be one of"),
-    ("sweep: {corpus.polcy: [replace]}\n", "sweep.corpus.polcy", "did you mean corpus.policy"),
-    ("sweep: {corpus.real_fraction: [0.1, 2.0]}\ncorpus: {policy: mix}\n", "sweep.corpus.real_fraction", "value 2.0"),
-    ("sweep: {replicates: [1, 2]}\n", "sweep.replicates", "cannot be swept"),
-    ("model: {kind: transformer, d_model: 30, heads: 4}\n", "model.heads", "must divide model.d_model"),
-    ("model: {kind: transformer, init: warm}\n", "model.init", "fresh or continue"),
-    ("model: {kind: transformer, tie: 1}\n", "model.tie", "expected true or false"),
-    ("model: {kind: transformer, learning_rate: 0}\n", "model.learning_rate", "must be > 0"),
-    ("model: {kind: transformer, dtype: float16}\n", "model.dtype", "float32 or bfloat16"),
-    ("model: {kind: transformer, schedule: linear}\n", "model.schedule", "cosine or constant"),
-    ("model: {kind: lstm}\n", "model.kind", "must be ngram or transformer"),
-    ("model: 3\n", "model", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text,key,fragment",
+    [
+        ("modle: {order: 2}\n", "modle", "did you mean model"),
+        ("model: {ordr: 2}\n", "model.ordr", "did you mean model.order"),
+        ("replicates: many\n", "replicates", "expected an integer"),
+        ("generate: {temperature: hot}\n", "generate.temperature", "expected a number"),
+        ("real: {sequences: -5}\n", "real.sequences", "must be >= 1"),
+        ("corpus: {real_fraction: 1.5}\n", "corpus.real_fraction", "must be in [0, 1]"),
+        ("generate: {top_p: 0}\n", "generate.top_p", "must be in (0, 1]"),
+        ("generate: {top_p: 1.2}\n", "generate.top_p", "must be in (0, 1]"),
+        ("source: {kind: categorical, probs: [0.5, 0.4]}\n", "source.probs", "must sum to 1"),
+        ("source: {kind: categorical, probs: [0.5, -0.1, 0.6]}\n", "source.probs", ">= 0"),
+        (
+            "corpus: {policy: mix, train_sequences: 100, real_fraction: 0.2}\ngenerate: {sequences: 50}\n",
+            "generate.sequences",
+            "too small",
+        ),
+        ("corpus: {policy: hoard}\n", "corpus.policy", "must be one of"),
+        ("sweep: {corpus.polcy: [replace]}\n", "sweep.corpus.polcy", "did you mean corpus.policy"),
+        (
+            "sweep: {corpus.real_fraction: [0.1, 2.0]}\ncorpus: {policy: mix}\n",
+            "sweep.corpus.real_fraction",
+            "value 2.0",
+        ),
+        ("sweep: {replicates: [1, 2]}\n", "sweep.replicates", "cannot be swept"),
+        ("model: {kind: transformer, d_model: 30, heads: 4}\n", "model.heads", "must divide model.d_model"),
+        ("model: {kind: transformer, init: warm}\n", "model.init", "fresh or continue"),
+        ("model: {kind: transformer, tie: 1}\n", "model.tie", "expected true or false"),
+        ("model: {kind: transformer, learning_rate: 0}\n", "model.learning_rate", "must be > 0"),
+        ("model: {kind: transformer, dtype: float16}\n", "model.dtype", "float32 or bfloat16"),
+        ("model: {kind: transformer, schedule: linear}\n", "model.schedule", "cosine or constant"),
+        ("model: {kind: lstm}\n", "model.kind", "must be ngram or transformer"),
+        ("model: 3\n", "model", "expected a mapping"),
+    ],
+)
 def test_bad_input_names_the_key(tmp_path, text, key, fragment):
     msg = error(tmp_path, text)
     assert f": {key}:" in msg and fragment in msg, msg
@@ -115,7 +131,10 @@ def test_set_on_a_section_says_so(tmp_path):
 
 def test_sweep_values_replace_an_invalid_base(tmp_path):
     """Only effective configs run, so only they are validated: k = 10 is never used."""
-    text = "corpus: {policy: mix, train_sequences: 500}\ngenerate: {sequences: 10}\nsweep: {generate.sequences: [500, 600]}\n"
+    text = (
+        "corpus: {policy: mix, train_sequences: 500}\ngenerate: {sequences: 10}\n"
+        "sweep: {generate.sequences: [500, 600]}\n"
+    )
     assert len(config.sweep_points(config.load(write(tmp_path, text)))) == 2
     msg = error(tmp_path, text.replace("[500, 600]", "[500, 60]"))
     assert "sweep.generate.sequences: value 60" in msg
@@ -127,7 +146,9 @@ def test_model_order_needs_a_full_context(tmp_path):
 
 
 def test_swept_probs_have_the_identity_of_set_probs(tmp_path):
-    swept = config.load(write(tmp_path, "source: {kind: categorical}\nsweep: {source.probs: [[0.5, 0.5], [0.2, 0.8]]}\n"))
+    swept = config.load(
+        write(tmp_path, "source: {kind: categorical}\nsweep: {source.probs: [[0.5, 0.5], [0.2, 0.8]]}\n")
+    )
     direct = config.load(write(tmp_path, "source: {kind: categorical, probs: [0.2, 0.8]}\n", "d.yaml"))
     point = config.sweep_points(swept)[1].config
     assert point.source.vocab_size == direct.source.vocab_size == 2

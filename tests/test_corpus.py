@@ -38,8 +38,9 @@ def fresh_rows(key, n):
 @partial(jax.jit, static_argnames=("policy", "m"))
 def train(policy, st, key, r=0, m=5):
     vocab = 100 if policy == "fresh" else V
-    t = corpus.training_set(spec(policy, m, vocab), st, key, jnp.int32(r), fresh_rows,
-                            lambda rows, w: ngram.fit_counts(rows, w, 1, vocab))
+    t = corpus.training_set(
+        spec(policy, m, vocab), st, key, jnp.int32(r), fresh_rows, lambda rows, w: ngram.fit_counts(rows, w, 1, vocab)
+    )
     return t.counts, t.real_tokens, t.train_tokens
 
 
@@ -70,7 +71,9 @@ def test_accumulate_subsample_without_replacement_and_uniform():
     hits = np.zeros(V)
     trials = 3000
     for t in range(trials):
-        counts, real, total = train("accumulate_subsample", state("accumulate_subsample", n_synth), jax.random.key(t), m=m)
+        counts, real, total = train(
+            "accumulate_subsample", state("accumulate_subsample", n_synth), jax.random.key(t), m=m
+        )
         u = uses(counts)
         assert u.max() == 1 and u.sum() == m, "drawn with replacement or wrong size"
         assert u[N0 + n_synth :].sum() == 0, "read past the valid length"
@@ -101,7 +104,13 @@ def test_mix_and_fresh_composition(policy):
 def test_admit():
     sample = jnp.full((4, L), 2, jnp.int32)
     st = state("accumulate", 8, jnp.zeros((1, V), jnp.int32))
-    st = corpus.admit(spec("accumulate"), st, sample, jnp.int32(3), ngram.fit_counts(sample, (jnp.arange(4) < 3).astype(jnp.int32), 1, V))
+    st = corpus.admit(
+        spec("accumulate"),
+        st,
+        sample,
+        jnp.int32(3),
+        ngram.fit_counts(sample, (jnp.arange(4) < 3).astype(jnp.int32), 1, V),
+    )
     assert int(st.counts[0, 2]) == 3 * L and int(st.n_synth) == 11
     st = corpus.admit(spec("accumulate_subsample"), state("accumulate_subsample", 5), sample, jnp.int32(3))
     assert int(st.n_synth) == 8

@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import pandas as pd
 
-from collapse_sim import loop, plan as planmod
+from collapse_sim import loop
+from collapse_sim import plan as planmod
 from tests.helpers import load
 
 
 def test_stop_mid_block_with_several_chunks_resumes_exactly():
     """Chunks of one group stopped at different generations are saved as they
     are, re-chunked on restore, and finish bit-identical."""
-    cfg = load(["source.kind=markov", "source.vocab_size=5", "source.order=1", "model.order=2", "model.smoothing=0.01",
-                "real.sequences=40", "real.seq_len=8", "real.heldout=30", "generate.sequences=30",
-                "corpus.policy=accumulate_subsample", "corpus.train_sequences=20", "replicates=10", "generations=7",
-                "checkpoint.every=4"])
+    cfg = load(
+        [
+            "source.kind=markov",
+            "source.vocab_size=5",
+            "source.order=1",
+            "model.order=2",
+            "model.smoothing=0.01",
+            "real.sequences=40",
+            "real.seq_len=8",
+            "real.heldout=30",
+            "generate.sequences=30",
+            "corpus.policy=accumulate_subsample",
+            "corpus.train_sequences=20",
+            "replicates=10",
+            "generations=7",
+            "checkpoint.every=4",
+        ]
+    )
 
     def plan():
         p = planmod.make_plan(cfg, "test")

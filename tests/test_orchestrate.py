@@ -14,11 +14,9 @@ import pytest
 
 import collapse_sim
 from collapse_sim import engine, rundir
+from tests.helpers import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["replicates=2", "generations=4", "checkpoint.every=2", "real.sequences=60", "real.seq_len=8",
-         "real.heldout=20", "corpus.train_sequences=40", "sweep.corpus.policy=[replace, accumulate_subsample]",
-         "sweep.generate.sequences=[20, 50]"]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +58,8 @@ def _cached_programs():
     keys of the groups the small config has)."""
     import jax
 
-    from collapse_sim import config, plan as planmod
+    from collapse_sim import config
+    from collapse_sim import plan as planmod
 
     cfg = config.resolve(ROOT / "configs" / "quickstart.yaml", SMALL)
     plan = planmod.make_plan(cfg, "t")
@@ -114,20 +113,23 @@ def _in_fresh_python(code: str) -> str:
 def test_importing_the_package_and_the_cli_is_light():
     out = _in_fresh_python(
         "import sys, collapse_sim, collapse_sim.cli as c; c.build_parser();"
-        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     assert out == "", f"imported on `import collapse_sim` / --help: {out}"
 
 
 def test_importing_every_module_changes_nothing_in_the_process():
     """No module sets a logger's level, replaces sys.unraisablehook or
     changes the environment when imported; runs do that (process.py)."""
-    code = ("import logging, os, sys, pkgutil, importlib, collapse_sim\n"
-            "env, hook = dict(os.environ), sys.unraisablehook\n"
-            "levels = {n: logging.getLogger(n).level for n in ('absl', 'orbax', 'orbax.checkpoint')}\n"
-            "for m in pkgutil.walk_packages(collapse_sim.__path__, 'collapse_sim.'):\n"
-            "    importlib.import_module(m.name)\n"
-            "assert sys.unraisablehook is hook, 'unraisablehook replaced'\n"
-            "assert {n: logging.getLogger(n).level for n in levels} == levels, 'log levels changed'\n"
-            "assert dict(os.environ) == env, 'environment changed'\n"
-            "print('ok')")
+    code = (
+        "import logging, os, sys, pkgutil, importlib, collapse_sim\n"
+        "env, hook = dict(os.environ), sys.unraisablehook\n"
+        "levels = {n: logging.getLogger(n).level for n in ('absl', 'orbax', 'orbax.checkpoint')}\n"
+        "for m in pkgutil.walk_packages(collapse_sim.__path__, 'collapse_sim.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "assert sys.unraisablehook is hook, 'unraisablehook replaced'\n"
+        "assert {n: logging.getLogger(n).level for n in levels} == levels, 'log levels changed'\n"
+        "assert dict(os.environ) == env, 'environment changed'\n"
+        "print('ok')"
+    )
     assert _in_fresh_python(code) == "ok"

@@ -10,7 +10,9 @@ from tests import reference as ref
 
 
 def markov(V=3, order=2, seed=4):
-    return build_source(SourceConfig(kind="markov", vocab_size=V, order=order, seed=seed, concentration=0.8), 10, "t.yaml")
+    return build_source(
+        SourceConfig(kind="markov", vocab_size=V, order=order, seed=seed, concentration=0.8), 10, "t.yaml"
+    )
 
 
 def test_markov_stationary_is_stationary():
@@ -87,7 +89,9 @@ def test_text_file_errors(tmp_path):
 def test_markov_stationary_of_nearly_deterministic_and_large_chains(V, order, concentration):
     """Small concentrations make periodic chains, where plain power iteration
     never converges; 4**6 states take the iterative (lazy chain) path."""
-    s = build_source(SourceConfig(kind="markov", vocab_size=V, order=order, concentration=concentration, seed=1), 10, "t")
+    s = build_source(
+        SourceConfig(kind="markov", vocab_size=V, order=order, concentration=concentration, seed=1), 10, "t"
+    )
     nxt = stationary_joint(s.stationary, s.transitions, order, order + 1).reshape(V, V**order).sum(0)
     assert np.abs(nxt - s.stationary).sum() < 1e-9
 

@@ -16,8 +16,16 @@ def test_inspect_reports_what_a_run_holds(tmp_path, monkeypatch, capsys):
     assert run_cli("inspect", out, "--verify") == 0
     text = capsys.readouterr().out
     n_rows = len(load_metrics(out))
-    for expected in ("status       interrupted", "cells        6", "of 9 (checkpoint", "every 3 generations",
-                     f"{n_rows:,} rows", "verified", f"collapse-sim resume {out}", "policy replace"):
+    for expected in (
+        "status       interrupted",
+        "cells        6",
+        "of 9 (checkpoint",
+        "every 3 generations",
+        f"{n_rows:,} rows",
+        "verified",
+        f"collapse-sim resume {out}",
+        "policy replace",
+    ):
         assert expected in text, (expected, text)
     assert "KiB" in text
     assert tree_state(out) == before  # inspect reads only

@@ -65,8 +65,16 @@ class Family:
     `collapse_sim.families`."""
 
     # the methods every family implements, and those of a family that trains on counts
-    REQUIRED = ("model_spec", "memory_parts", "world", "train", "model_metric_names", "model_metrics", "sample",
-                "score")
+    REQUIRED = (
+        "model_spec",
+        "memory_parts",
+        "world",
+        "train",
+        "model_metric_names",
+        "model_metrics",
+        "sample",
+        "score",
+    )
     REQUIRED_COUNTING = ("count",)
 
     name: str = ""  # model.kind; its config keys are config.MODEL_KEYS[name]

@@ -62,8 +62,11 @@ class Ngram(Family):
     def check(self, spec, where, platform):
         V, n = spec.vocab_size, spec.model.order
         if (V + 1) ** n > INT32_MAX:
-            raise ConfigError(where, "model.order", f"an order-{n} model over {V} tokens has too many contexts to "
-                              "index ((V+1)**order > 2**31)")
+            raise ConfigError(
+                where,
+                "model.order",
+                f"an order-{n} model over {V} tokens has too many contexts to index ((V+1)**order > 2**31)",
+            )
 
     def memory_parts(self, spec: GroupSpec):
         cs = spec.corpus
@@ -84,8 +87,10 @@ class Ngram(Family):
     def explain_part(self, spec, key):
         if key != "model.order":
             return None
-        return (f"an order-{spec.model.order} table over {spec.vocab_size} tokens has "
-                f"{spec.model.contexts * spec.vocab_size:,} entries")
+        return (
+            f"an order-{spec.model.order} table over {spec.vocab_size} tokens has "
+            f"{spec.model.contexts * spec.vocab_size:,} entries"
+        )
 
     def world(self, spec, source, heldout_NxL):
         V, order = spec.vocab_size, spec.model.order
@@ -96,8 +101,12 @@ class Ngram(Family):
             index = bos_rows(m, m, V)  # the full-length contexts
         else:
             weight, cond, index = np.zeros(0), np.zeros((0, V)), np.zeros(0, np.int64)
-        return NgramWorld(hc.astype(jnp.float32), jnp.asarray(index, jnp.int32), jnp.asarray(weight, jnp.float32),
-                          jnp.asarray(cond, jnp.float32))
+        return NgramWorld(
+            hc.astype(jnp.float32),
+            jnp.asarray(index, jnp.int32),
+            jnp.asarray(weight, jnp.float32),
+            jnp.asarray(cond, jnp.float32),
+        )
 
     def count(self, spec, tokens_NxL, weight_N):
         return ngram.fit_counts(tokens_NxL, weight_N, spec.model.order, spec.vocab_size)

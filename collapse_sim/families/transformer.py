@@ -22,9 +22,9 @@ import numpy as np
 
 from collapse_sim.config import ConfigError
 from collapse_sim.families.base import Family, GroupSpec
-from collapse_sim.keys import INIT, TRAIN
 from collapse_sim.kernels import ngram, sampling, transformer
 from collapse_sim.kernels.reduce import tree_sum
+from collapse_sim.keys import INIT, TRAIN
 from collapse_sim.sources import bos_table
 
 CPU_DTYPES = ("float32",)  # compute dtypes run on CPU devices (bfloat16 is for GPUs and TPUs)
@@ -122,8 +122,11 @@ class Transformer(Family):
     def check(self, spec, where, platform):
         dtype = spec.model.arch.dtype
         if platform == "cpu" and dtype not in CPU_DTYPES:
-            raise ConfigError(where, "model.dtype", f"{dtype} compute is for GPUs and TPUs; "
-                              "this run has only CPU devices, use float32")
+            raise ConfigError(
+                where,
+                "model.dtype",
+                f"{dtype} compute is for GPUs and TPUs; this run has only CPU devices, use float32",
+            )
 
     def memory_parts(self, spec: GroupSpec):
         """Parameters, optimizer state, activations of a training step, the
@@ -168,8 +171,9 @@ class Transformer(Family):
             ctx = ctx.reshape(tokens.shape)
         else:
             table, ctx = np.zeros((0, V), np.float32), np.zeros(tokens.shape[:2] + (0,), np.int32)
-        return TransformerWorld(jnp.asarray(tokens), jnp.asarray(weight), jnp.asarray(ctx, jnp.int32),
-                                jnp.asarray(table))
+        return TransformerWorld(
+            jnp.asarray(tokens), jnp.asarray(weight), jnp.asarray(ctx, jnp.int32), jnp.asarray(table)
+        )
 
     def carried_shapes(self, spec):
         if not spec.model.carries:
@@ -181,10 +185,17 @@ class Transformer(Family):
         trained for model.steps AdamW steps on T_g."""
         arch, tr = spec.model.arch, spec.model.training
         p = from_named(arch, carried) if carried else transformer.init(arch, jax.random.fold_in(key, INIT))
-        tx = transformer.optimizer(cell.model["learning_rate"], cell.model["weight_decay"], tr.steps, tr.warmup,
-                                   tr.schedule, cell.model["grad_clip"])
-        p, losses = transformer.train(arch, tx, p, jax.random.fold_in(key, TRAIN), tset.fetch, tset.n, tr.steps,
-                                      tr.batch_size)
+        tx = transformer.optimizer(
+            cell.model["learning_rate"],
+            cell.model["weight_decay"],
+            tr.steps,
+            tr.warmup,
+            tr.schedule,
+            cell.model["grad_clip"],
+        )
+        p, losses = transformer.train(
+            arch, tx, p, jax.random.fold_in(key, TRAIN), tset.fetch, tset.n, tr.steps, tr.batch_size
+        )
         return p, Fit(losses)
 
     def model_metric_names(self, spec):

@@ -8,18 +8,36 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from collapse_sim import families, keys, plan as planmod
+from collapse_sim import families, keys
+from collapse_sim import plan as planmod
 from collapse_sim.corpus import TrainingSet
 from collapse_sim.families import transformer as ftransformer
 from collapse_sim.families.base import Family
-from collapse_sim.kernels import ngram, transformer as T
+from collapse_sim.kernels import ngram
+from collapse_sim.kernels import transformer as T
 from tests import reference
 from tests.helpers import load
 
-MARKOV = ["source.kind=markov", "source.vocab_size=5", "source.order=1", "real.sequences=30", "real.seq_len=6",
-          "real.heldout=20", "generate.sequences=10", "replicates=2", "generations=1"]
-TRANSFORMER = ["model.kind=transformer", "model.d_model=8", "model.layers=1", "model.heads=2", "model.mlp_ratio=2",
-               "model.steps=3", "model.batch_size=4"]
+MARKOV = [
+    "source.kind=markov",
+    "source.vocab_size=5",
+    "source.order=1",
+    "real.sequences=30",
+    "real.seq_len=6",
+    "real.heldout=20",
+    "generate.sequences=10",
+    "replicates=2",
+    "generations=1",
+]
+TRANSFORMER = [
+    "model.kind=transformer",
+    "model.d_model=8",
+    "model.layers=1",
+    "model.heads=2",
+    "model.mlp_ratio=2",
+    "model.steps=3",
+    "model.batch_size=4",
+]
 
 
 def test_every_family_implements_the_interface():
@@ -46,9 +64,21 @@ def _spec(kind: str):
 def _model(spec, rng):
     """A trained model of the family, by its own train method, on random rows."""
     rows = jnp.asarray(rng.integers(0, spec.vocab_size, (30, spec.seq_len)), jnp.int32)
-    cell = keys.CellParams(None, None, jnp.int32(10), jnp.float32(1), jnp.int32(0), jnp.float32(1), jnp.int32(0),
-                           {"smoothing": jnp.float32(0.1), "learning_rate": jnp.float32(0.01),
-                            "weight_decay": jnp.float32(0.0), "grad_clip": jnp.float32(1.0)})
+    cell = keys.CellParams(
+        None,
+        None,
+        jnp.int32(10),
+        jnp.float32(1),
+        jnp.int32(0),
+        jnp.float32(1),
+        jnp.int32(0),
+        {
+            "smoothing": jnp.float32(0.1),
+            "learning_rate": jnp.float32(0.01),
+            "weight_decay": jnp.float32(0.0),
+            "grad_clip": jnp.float32(1.0),
+        },
+    )
     fam = spec.family
     if spec.corpus.counting:
         tset = TrainingSet(fam.count(spec, rows, jnp.ones(30, jnp.int32)), None, None, 0, 0)
@@ -69,7 +99,9 @@ def test_ngram_score_is_the_sum_of_reference_log_probabilities(rng):
 
 def test_transformer_score_is_the_sum_of_reference_log_probabilities(rng):
     spec = _spec("transformer")
-    params = _model(spec, rng)
+    params = jax.tree.map(  # every leaf redrawn, so every term of the model counts
+        lambda x: jnp.asarray(rng.normal(0, 0.3, x.shape), jnp.float32), T.init(spec.model.arch, jax.random.key(2))
+    )
     tokens = rng.integers(0, 5, (7, 6))
     got = np.asarray(spec.family.score(spec, params, jnp.asarray(tokens, jnp.int32)))
     logits = reference.transformer_logits(jax.device_get(params), tokens, 5, 2, False)
@@ -83,8 +115,13 @@ def test_score_gives_minus_infinity_to_an_impossible_sequence():
     """Maximum likelihood: a token never seen after its context has probability 0."""
     spec = _spec("ngram")
     counts = ngram.fit_counts(jnp.zeros((3, 6), jnp.int32), jnp.ones(3, jnp.int32), 2, 5)  # only token 0, ever
-    model = spec.family.train(spec, None, keys.CellParams(*[None] * 7, {"smoothing": jnp.float32(0)}),
-                              TrainingSet(counts, None, None, 0, 0), None)[0]
+    model = spec.family.train(
+        spec,
+        None,
+        keys.CellParams(*[None] * 7, {"smoothing": jnp.float32(0)}),
+        TrainingSet(counts, None, None, 0, 0),
+        None,
+    )[0]
     got = np.asarray(spec.family.score(spec, model, jnp.asarray([[0] * 6, [0, 0, 1, 0, 0, 0]], jnp.int32)))
     assert got[0] == 0.0 and got[1] == -np.inf
 

@@ -22,7 +22,9 @@ def test_heldout_nll_and_entropy(rng, smoothing):
     hc = ngram.fit_counts(jnp.asarray(heldout), jnp.ones(25, jnp.int32), order, V).astype(jnp.float32)
     pj = jnp.asarray(p, jnp.float32)
     np.testing.assert_allclose(float(metrics.heldout_nll(pj, hc)), ref.heldout_nll(p, heldout, order), rtol=1e-5)
-    np.testing.assert_allclose(float(metrics.heldout_entropy(pj, hc)), ref.heldout_entropy(p, heldout, order), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(metrics.heldout_entropy(pj, hc)), ref.heldout_entropy(p, heldout, order), rtol=1e-5
+    )
 
 
 def test_heldout_nll_is_inf_when_a_token_has_probability_zero():
@@ -40,7 +42,9 @@ def test_truth_divergences(rng):
     weight = rng.dirichlet(np.ones(F))
     weight[3] = 0.0
     weight /= weight.sum()
-    got = metrics.truth_divergences(jnp.asarray(model, jnp.float32), jnp.asarray(true, jnp.float32), jnp.asarray(weight, jnp.float32))
+    got = metrics.truth_divergences(
+        jnp.asarray(model, jnp.float32), jnp.asarray(true, jnp.float32), jnp.asarray(weight, jnp.float32)
+    )
     np.testing.assert_allclose([float(x) for x in got], ref.divergences(model, true, weight), rtol=2e-5)
 
 
@@ -90,7 +94,9 @@ def test_distinct_2_from_counts_equals_direct(rng):
     for n_valid in (30, 11):
         w = (np.arange(30) < n_valid).astype(np.int32)
         c = ngram.fit_counts(jnp.asarray(tokens), jnp.asarray(w), 2, V)
-        np.testing.assert_allclose(float(metrics.distinct_2_from_counts(c, n_valid, 7)), ref.distinct_2(tokens[:n_valid]), rtol=1e-6)
+        np.testing.assert_allclose(
+            float(metrics.distinct_2_from_counts(c, n_valid, 7)), ref.distinct_2(tokens[:n_valid]), rtol=1e-6
+        )
 
 
 def test_small_kl_is_not_lost_to_rounding(rng):
@@ -102,5 +108,9 @@ def test_small_kl_is_not_lost_to_rounding(rng):
     model /= model.sum(1, keepdims=True)
     weight = rng.dirichlet(np.ones(F))
     want = ref.divergences(model, true, weight)[0]
-    got = float(metrics.truth_divergences(jnp.asarray(model, jnp.float32), jnp.asarray(true, jnp.float32), jnp.asarray(weight, jnp.float32))[0])
+    got = float(
+        metrics.truth_divergences(
+            jnp.asarray(model, jnp.float32), jnp.asarray(true, jnp.float32), jnp.asarray(weight, jnp.float32)
+        )[0]
+    )
     assert 1e-7 < want < 1e-6 and abs(got - want) < 1e-3 * want

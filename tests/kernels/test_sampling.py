@@ -15,7 +15,9 @@ def random_probs(rng, V, zeros=2):
     return p / p.sum()
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.6, 3, 1.0), (1.0, 0, 0.62), (0.8, 5, 0.9)])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.6, 3, 1.0), (1.0, 0, 0.62), (0.8, 5, 0.9)]
+)
 def test_filter_matches_reference(rng, temperature, top_k, top_p):
     for _ in range(20):
         p = random_probs(rng, 9)
