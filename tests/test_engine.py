@@ -183,37 +183,11 @@ def test_collapse_under_replace_support_only_shrinks():
 
 def test_sampling_filters_reach_the_engine():
     """top_k = 1 makes generation deterministic: every sample is k copies of one sequence."""
-    df = run_rows(
-        load(
-            [
-                "source.kind=markov",
-                "source.vocab_size=6",
-                "model.order=2",
-                "real.sequences=50",
-                "real.seq_len=6",
-                "generate.sequences=40",
-                "generate.top_k=1",
-                "replicates=3",
-                "generations=3",
-            ]
-        )
-    )
+    base = ["source.kind=markov", "source.vocab_size=6", "model.order=2", "real.sequences=50", "real.seq_len=6",
+            "generate.sequences=40", "replicates=3", "generations=3"]  # fmt: skip
+    df = run_rows(load(base + ["generate.top_k=1"]))
     np.testing.assert_allclose(df.unique_seq, 1 / 40)
-    hot = run_rows(
-        load(
-            [
-                "source.kind=markov",
-                "source.vocab_size=6",
-                "model.order=2",
-                "real.sequences=50",
-                "real.seq_len=6",
-                "generate.sequences=40",
-                "generate.top_p=0.999",
-                "replicates=3",
-                "generations=3",
-            ]
-        )
-    )
+    hot = run_rows(load(base + ["generate.top_p=0.999"]))
     assert hot.unique_seq.min() > 0.5
 
 
