@@ -7,7 +7,8 @@ repeat is a fresh process; medians over the repeats.
 
     python benchmarks/program_reuse.py [--config configs/quickstart.yaml] [--set KEY=VALUE ...] [--repeats 3]
 
-Prints a table and writes benchmarks/results/program_reuse.json.
+Prints a table, writes benchmarks/results/program_reuse.json and a row of
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+from datetime import date
 from pathlib import Path
+
+from record import record
 
 ROOT = Path(__file__).resolve().parent.parent
 # a small quickstart: 2 policies x 2 k x 4 replicates, 10 generations
@@ -52,7 +57,6 @@ def main() -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
     ap.add_argument("--set", action="append", default=None, metavar="KEY=VALUE")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "program_reuse.json"))
     a = ap.parse_args()
     sets = a.set if a.set is not None else SMALL
     rows = []
@@ -81,20 +85,28 @@ def main() -> int:
         f"\n| config | first run (s) | second run (s) | second / first |\n|---|---|---|---|\n"
         f"| {Path(a.config).name} {' '.join(sets)} | {first:.2f} | {second:.2f} | {ratio:.3f} |"
     )
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(
-        json.dumps(
-            {
-                "config": a.config,
-                "sets": sets,
-                "runs": rows,
-                "median_first_s": first,
-                "median_second_s": second,
-                "median_ratio": ratio,
-            },
-            indent=2,
-        )
-        + "\n"
+    machine = f"{platform.machine()}, cpu, {os.cpu_count()} core(s)"
+    result = {
+        "date": date.today().isoformat(),
+        "machine": machine,
+        "config": a.config,
+        "sets": sets,
+        "runs": rows,
+        "median_first_s": first,
+        "median_second_s": second,
+        "median_ratio": ratio,
+    }
+    made = rows[0]["programs_made"]
+    record(
+        "program_reuse",
+        result,
+        [
+            f"{Path(a.config).name}, {' '.join(sets)}",
+            f"second run {second:.2f} s",
+            f"{ratio:.3f}x the first run ({first:.2f} s)",
+            f"one process, empty persistent cache; {made} programs made, reused by the "
+            f"second run; median of {a.repeats}",
+        ],
     )
     return 0
 
