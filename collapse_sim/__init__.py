@@ -22,8 +22,8 @@ __version__ = "0.2.0"
 _LAZY = {
     "run": "collapse_sim.orchestrate",
     "resume": "collapse_sim.orchestrate",
-    "Interrupted": "collapse_sim.orchestrate",
-    "Reporter": "collapse_sim.orchestrate",
+    "Interrupted": "collapse_sim.signals",
+    "Reporter": "collapse_sim.progress",
     "load_metrics": "collapse_sim.results",
     "Config": "collapse_sim.schema",
     "ConfigError": "collapse_sim.schema",

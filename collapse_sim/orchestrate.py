@@ -15,10 +15,7 @@ exit 2), `Interrupted` when a signal stopped the run after a checkpoint
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import signal
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -27,111 +24,9 @@ from collapse_sim import checkpoint, loop, process, report, results, rundir
 from collapse_sim import config as cfgmod
 from collapse_sim import plan as planmod
 from collapse_sim.config import Config, ConfigError
-from collapse_sim.progress import ConsoleReporter
+from collapse_sim.progress import ConsoleReporter, Diverged, Reporter
 from collapse_sim.rundir import CONFIG_FILE, FORMAT_VERSION, RUN_FILE, UserError, write_json
-
-
-class Interrupted(Exception):
-    """A signal stopped the run; a checkpoint of every cell was saved."""
-
-    def __init__(self, message: str, signum: int, run_dir: Path):
-        super().__init__(message)
-        self.signum, self.run_dir = signum, run_dir
-
-
-class Reporter:
-    """What a run tells its user. This one says nothing but warnings (stderr)."""
-
-    def start(self, total: int, cells: int, generations: int) -> None:
-        """total cell-generations to run, of `cells` cells to generation G."""
-
-    def advance(self, n: int, group: int, groups: int, chunk: int, chunks: int, generation: int) -> None:
-        """n cells finished `generation`."""
-
-    def close(self) -> None:
-        """The loop is over."""
-
-    def info(self, text: str) -> None:
-        """Progress and summaries (the CLI prints them unless --quiet)."""
-
-    def notice(self, text: str) -> None:
-        """An outcome worth a line even when quiet (the CLI prints it always)."""
-
-    def warn(self, text: str) -> None:
-        print(text, file=sys.stderr)
-
-
-class _Diverged:
-    """Watches the metric rows for cells whose training loss turned non-finite
-    (`loss_nonfinite`, transformers): one warning per cell; the sweep goes on."""
-
-    def __init__(self, reporter: Reporter, sweep_keys: list[str]):
-        self.reporter, self.sweep_keys = reporter, sweep_keys
-        self.cells: set[int] = set()
-
-    def __call__(self, cols: dict) -> None:
-        flags = cols.get("loss_nonfinite")
-        if flags is None or not flags.any():
-            return
-        for i in flags.nonzero()[0]:
-            cell = int(cols["cell"][i])
-            if cell in self.cells:
-                continue
-            self.cells.add(cell)
-            where = ", ".join(
-                [f"replicate {int(cols['replicate'][i])}"] + [f"{k}={cols[k][i]}" for k in self.sweep_keys]
-            )
-            self.reporter.warn(
-                f"collapse-sim: warning: cell {cell} ({where}): non-finite training loss at generation "
-                f"{int(cols['generation'][i])}; its rows have loss_nonfinite = 1 and NaN model "
-                "metrics. The other cells go on."
-            )
-
-
-class _Stopper:
-    """SIGINT/SIGTERM: the first asks the run to finish its generation, save a
-    checkpoint and exit; a second exits at once (the previous checkpoint is
-    whole: a save cut short never replaces it)."""
-
-    NAMES = {signal.SIGINT: "interrupt (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
-
-    def __init__(self, out: Path, info: dict):
-        self.out, self.info = out, info
-        self.signum: int | None = None
-        self._old: dict = {}
-
-    def __enter__(self):
-        for sig in self.NAMES:
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum, frame):
-        if self.signum is None:
-            self.signum = signum
-            print(
-                f"\ncollapse-sim: {self.NAMES[signum]}: finishing the current generation, then saving a checkpoint "
-                "(signal again to exit at once)",
-                file=sys.stderr,
-                flush=True,
-            )
-            return
-        print(
-            f"\ncollapse-sim: {self.NAMES[signum]} again: exiting now; the last complete checkpoint is intact. "
-            f"Continue with: collapse-sim resume {self.out}",
-            file=sys.stderr,
-            flush=True,
-        )
-        try:
-            write_json(self.out / RUN_FILE, dict(self.info, status="interrupted"))
-        finally:
-            os._exit(128 + signum)
+from collapse_sim.signals import Interrupted, Stopper
 
 
 def _saver(ckpt: checkpoint.Checkpointer, writer: results.MetricsWriter, plan: planmod.Plan, fingerprint: dict):
@@ -191,7 +86,7 @@ def _execute(
     except (checkpoint.SaveError, OSError) as e:
         raise UserError(_write_problem(out, e)) from None
     save = _saver(ckpt, writer, plan, info["fingerprint"])
-    diverged = _Diverged(reporter, plan.sweep_keys)
+    diverged = Diverged(reporter, plan.sweep_keys)
 
     def emit(cols: dict) -> None:
         diverged(cols)
@@ -200,7 +95,7 @@ def _execute(
     t0 = time.perf_counter()
     info.update(status="running", generations=G)
     write_json(out / RUN_FILE, info)
-    stopper = _Stopper(out, info)
+    stopper = Stopper(out, info)
     reporter.start(remaining, plan.n_cells, G)
     try:
         with stopper:

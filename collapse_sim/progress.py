@@ -1,5 +1,7 @@
-"""What a run shows on a terminal: a rich progress bar over cell-generations,
-summaries on stdout, warnings on stderr (or above the bar)."""
+"""What a run tells its user: the `Reporter` interface (the library's default
+says nothing but warnings), the CLI's `ConsoleReporter` (a rich progress bar
+over cell-generations, summaries on stdout, warnings on stderr or above the
+bar), and the watch for cells whose training diverged."""
 
 from __future__ import annotations
 
@@ -17,14 +19,63 @@ from rich.progress import (
 from rich.text import Text
 
 
+class Reporter:
+    """What a run tells its user. This one says nothing but warnings (stderr)."""
+
+    def start(self, total: int, cells: int, generations: int) -> None:
+        """total cell-generations to run, of `cells` cells to generation G."""
+
+    def advance(self, n: int, group: int, groups: int, chunk: int, chunks: int, generation: int) -> None:
+        """n cells finished `generation`."""
+
+    def close(self) -> None:
+        """The loop is over."""
+
+    def info(self, text: str) -> None:
+        """Progress and summaries (the CLI prints them unless --quiet)."""
+
+    def notice(self, text: str) -> None:
+        """An outcome worth a line even when quiet (the CLI prints it always)."""
+
+    def warn(self, text: str) -> None:
+        print(text, file=sys.stderr)
+
+
+class Diverged:
+    """Watches the metric rows for cells whose training loss turned non-finite
+    (`loss_nonfinite`, transformers): one warning per cell; the sweep goes on."""
+
+    def __init__(self, reporter: Reporter, sweep_keys: list[str]):
+        self.reporter, self.sweep_keys = reporter, sweep_keys
+        self.cells: set[int] = set()
+
+    def __call__(self, cols: dict) -> None:
+        flags = cols.get("loss_nonfinite")
+        if flags is None or not flags.any():
+            return
+        for i in flags.nonzero()[0]:
+            cell = int(cols["cell"][i])
+            if cell in self.cells:
+                continue
+            self.cells.add(cell)
+            where = ", ".join(
+                [f"replicate {int(cols['replicate'][i])}"] + [f"{k}={cols[k][i]}" for k in self.sweep_keys]
+            )
+            self.reporter.warn(
+                f"collapse-sim: warning: cell {cell} ({where}): non-finite training loss at generation "
+                f"{int(cols['generation'][i])}; its rows have loss_nonfinite = 1 and NaN model "
+                "metrics. The other cells go on."
+            )
+
+
 class _Rate(ProgressColumn):
     def render(self, task):
         speed = task.finished_speed or task.speed
         return Text(f"{speed:,.0f} cell-gen/s" if speed else "-- cell-gen/s", style="cyan")
 
 
-class ConsoleReporter:
-    """The CLI's `orchestrate.Reporter`: with `quiet`, only outcomes and warnings."""
+class ConsoleReporter(Reporter):
+    """The CLI's reporter: with `quiet`, only outcomes and warnings."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet

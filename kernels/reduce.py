@@ -16,11 +16,17 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def _pad_pow2(x, axis):
-    n = x.shape[axis]
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
     width = 1
     while width < n:
         width *= 2
+    return width
+
+
+def _pad_pow2(x, axis):
+    n = x.shape[axis]
+    width = next_pow2(n)
     if width == n:
         return x
     pad = [(0, 0)] * x.ndim

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .reduce import prefix_sum, total
+from .reduce import next_pow2, prefix_sum, total
 
 CDF_BITS = 31
 CDF_TOTAL = 1 << CDF_BITS
@@ -99,7 +99,4 @@ def draw_bits(key, n):
 
 def cdf_width(vocab_size):
     """Row width of an integer CDF table: the smallest power of two >= vocab_size."""
-    width = 1
-    while width < vocab_size:
-        width *= 2
-    return width
+    return next_pow2(vocab_size)

@@ -81,9 +81,9 @@ def _attention_fwd(q, k, v, bias):
 def _attention_bwd(res, do):
     """The gradient autodiff would give, with every contraction written in the
     layout its forward used: XLA's CPU backend otherwise lowers dq and dk to
-    strided batched dots about 5x slower per FLOP (about 5 % of a training
-    step at d_model 32). Tested against central differences of the numpy
-    reference (tests/test_transformer.py)."""
+    strided batched dots several times slower per FLOP (measurements:
+    benchmarks/RESULTS.md). Tested against central differences of the numpy
+    reference (tests/kernels/test_transformer.py)."""
     q, k, v, p = res
     dv = jnp.einsum("bhts,bthd->bshd", p.astype(do.dtype), do)
     dp = jnp.einsum("bthd,bshd->bhts", do, v, preferred_element_type=jnp.float32)
