@@ -16,12 +16,12 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)  ## the main job: configs/quickstart.yaml on the built-in text
 	$(BIN)/collapse-sim run configs/quickstart.yaml
 
-test: $(STAMP)  ## the linter and the default test suite (CI runs this)
+test: $(STAMP)  ## the linter and the default test suite, on two workers (CI runs this)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)  ## the long statistical checks
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m slow
 
 lint: $(STAMP)  ## ruff (configured in pyproject.toml)
 	$(BIN)/ruff check .

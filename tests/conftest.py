@@ -38,6 +38,8 @@ def rng():
 
 
 def pytest_sessionfinish(session, exitstatus):
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: the cache is shared, the controller removes it
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
     if os.path.basename(cache).startswith("collapse-sim-test-jax-"):
         import shutil

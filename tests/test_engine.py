@@ -134,29 +134,6 @@ def test_common_random_numbers_for_the_real_set(sweep_rows):
     assert g0.groupby("replicate").heldout_nll.first().nunique() == 3  # replicates differ
 
 
-def test_real_fraction_bookkeeping(reference):
-    """real_fraction is T_g's real share from integer token counts, for every
-    policy (the shared ALL run: N0 = 40, k = 30, m = 20, rho = 0.25)."""
-    from collapse_sim import load_metrics
-
-    n0, k, m = 40, 30, 20
-    df = load_metrics(reference["all"])
-    for policy, sub in df.groupby("corpus.policy"):
-        g = sub.generation.to_numpy()
-        rf = sub.real_fraction.to_numpy()
-        assert (rf[g == 0] == 1.0).all()
-        later = rf[g > 0]
-        if policy == "replace":
-            assert (later == 0).all()
-        elif policy == "accumulate":
-            np.testing.assert_array_equal(later, n0 / (n0 + g[g > 0] * k))
-        elif policy in ("mix", "fresh"):
-            assert (later == round(0.25 * m) / m).all()  # 5 / 20
-        else:
-            assert np.allclose(later * m, np.round(later * m)) and later.min() >= 0  # whole sequences of R out of m
-            assert 0 < later.mean() < 1
-
-
 def test_collapse_under_replace_support_only_shrinks():
     """Maximum likelihood + replace: a token lost is lost for good (unigram support never grows)."""
     df = run_rows(
