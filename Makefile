@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test test-slow lint bench clean
+.PHONY: quickstart test test-slow lint bench experiments clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench: $(STAMP)  ## n-gram throughput against a numpy loop, checkpoint overhead,
 	$(BIN)/python benchmarks/ngram_throughput.py
 	$(BIN)/python benchmarks/checkpoint_overhead.py
 	$(BIN)/python benchmarks/transformer_throughput.py
+
+experiments: $(STAMP)  ## the five experiments of docs/experiments.md (about 25 min on 2 cores); figures to docs/figures/
+	configs/experiments/run.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

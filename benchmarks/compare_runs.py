@@ -169,11 +169,15 @@ def _metrics(run_dir: Path) -> pd.DataFrame:
 
 def _differences(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[str], float]:
     """Lines describing how b differs from a, and the largest relative difference."""
-    if list(a.columns) != list(b.columns):
-        return [f"columns differ: {list(a.columns)} vs {list(b.columns)}"], float("inf")
+    missing = [c for c in a.columns if c not in b.columns]
+    if missing:
+        return [f"columns missing: {missing}"], float("inf")
     if len(a) != len(b):
         return [f"{len(a)} rows vs {len(b)}"], float("inf")
     lines, worst = [], 0.0
+    added = [c for c in b.columns if c not in a.columns]
+    if added:  # a new metric is not a changed one: every column the older run has must match
+        lines.append(f"(new columns, not compared: {', '.join(added)})")
     for col in a.columns:
         x, y = a[col].to_numpy(), b[col].to_numpy()
         if x.dtype.kind != "f" or y.dtype.kind != "f":
@@ -211,8 +215,9 @@ def compare(base: Path, new: Path, rtol: float) -> int:
             continue
         a, b = _metrics(base / name), _metrics(new / name)
         lines, worst = _differences(a, b)
-        if not lines:
-            print(f"{name:<24} bit-identical ({len(a):,} rows x {len(a.columns)} columns)")
+        notes = [line for line in lines if line.startswith("(")]
+        if len(notes) == len(lines):
+            print(f"{name:<24} bit-identical ({len(a):,} rows x {len(a.columns)} columns) {' '.join(notes)}")
             continue
         verdict = "within rtol" if worst <= rtol else "DIFFERS"
         print(f"{name:<24} {verdict} (largest relative difference {worst:.3g})")

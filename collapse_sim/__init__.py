@@ -6,6 +6,7 @@ The library API (the `collapse-sim` command is a thin shell over it)::
     run_dir = collapse_sim.run("configs/quickstart.yaml", overrides=["replicates=4"])
     collapse_sim.resume(run_dir, generations=80)      # continue or extend a run
     df = collapse_sim.load_metrics(run_dir)           # one row per cell per generation
+    summary = collapse_sim.report(run_dir, collapse_on=["heldout_nll>=1.2*gen0"])  # RUN_DIR/report/
 
 Importing the package is light: JAX, pandas, pyarrow, matplotlib and orbax
 are imported when first used, and nothing about the process is changed until
@@ -25,6 +26,7 @@ _LAZY = {
     "Interrupted": "collapse_sim.signals",
     "Reporter": "collapse_sim.progress",
     "load_metrics": "collapse_sim.results",
+    "report": "collapse_sim.reporting",
     "Config": "collapse_sim.schema",
     "ConfigError": "collapse_sim.schema",
     "UserError": "collapse_sim.rundir",

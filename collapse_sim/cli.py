@@ -2,7 +2,7 @@
 
 A thin shell over the library (`collapse_sim.orchestrate`, `collapse_sim.status`):
 argument parsing, the progress bar and exit codes. Verbs: run, resume,
-inspect. Exit codes: 0 done; 2 something for the user to fix (one line on
+inspect, report. Exit codes: 0 done; 2 something for the user to fix (one line on
 stderr naming the file and key: bad input, a damaged run directory, a full or
 unwritable disk); 1 a fault of ours (with a traceback); 128 + signal (130
 Ctrl-C, 143 SIGTERM) stopped with a checkpoint saved, to be continued with
@@ -48,6 +48,16 @@ def cmd_inspect(args) -> int:
     from collapse_sim import status
 
     return status.inspect(args.run_dir, args.verify)
+
+
+def cmd_report(args) -> int:
+    from collapse_sim import reporting
+
+    table = reporting.report(args.run_dir, args.collapse_on or [], x=args.x, out=args.out)
+    out = reporting.report_dir(args.run_dir, args.out)
+    print(reporting.printed(table))
+    print(f"report: {out / 'report.md'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +113,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="also read every checkpoint back and check its checksums (exit 1 if one is unusable)",
     )
     inspect.set_defaults(func=cmd_inspect)
+    report = sub.add_parser(
+        "report",
+        help="figures, a summary table and time to collapse of a run (finished or not)",
+        description="Write a report of RUN_DIR (by default to RUN_DIR/report/, removed and re-made each time; "
+        "nothing else in RUN_DIR changes): every recorded metric against generation (or the synthetic-to-real "
+        "ratio), mean and 95 % band per sweep point; summary.csv; with --collapse-on, each cell's time to "
+        "collapse (collapse.parquet), Kaplan-Meier survival and median time to collapse; report.md shows it all.",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `collapse-sim run`")
+    report.add_argument(
+        "--collapse-on",
+        action="append",
+        metavar="EXPR",
+        help="collapse criterion METRIC OP VALUE, OP one of <= < >= >, VALUE a number, X*gen0 or gen0 "
+        "(X times the cell's generation-0 value), conditions joined by 'and', e.g. 'heldout_nll>=1.2*gen0' or "
+        "'tv_true>=0.1 and support<=3'; repeatable (columns then suffixed _1, _2, ...)",
+    )
+    report.add_argument(
+        "--x",
+        choices=("generation", "ratio"),
+        default="generation",
+        help="x axis of the metric figures: generation (default) or ratio = synthetic sequences admitted so far / N0",
+    )
+    report.add_argument("--out", metavar="DIR", help="report folder (default RUN_DIR/report/)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -28,6 +28,7 @@ from collapse_sim.schema import (
     LEAF_KEYS,
     MODEL_KEYS,
     MODEL_KINDS,
+    SCORING_FILTERS,
     SECTIONS,
     SOURCE_KINDS,
     UNSWEPT,
@@ -103,14 +104,16 @@ def _coerce(where: str, key: str, value: Any, label: str | None = None) -> Any:
                 return int(value)
             raise bad("an integer")
         return value
-    if ftype == "float":
+    if ftype == "float | None" and value is None:
+        return None
+    if ftype in ("float", "float | None"):
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
                 raise bad("a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
+            raise bad("a number" if ftype == "float" else "a number or null")
         if not math.isfinite(value):
             raise bad("a finite number")
         return float(value)
@@ -150,20 +153,27 @@ def _flatten(where: str, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(where, "", "the top level must be a mapping of keys to values")
     flat: dict[str, Any] = {}
+
+    def section(key: str, value: Any) -> None:
+        if value is None:
+            return
+        if not isinstance(value, dict):
+            raise ConfigError(where, key, f"expected a mapping, got {value!r}")
+        for sub, v in value.items():
+            dotted = f"{key}.{sub}"
+            if dotted in SECTIONS:
+                section(dotted, v)
+            elif dotted in LEAF_KEYS:
+                flat[dotted] = v
+            else:
+                raise _unknown(where, dotted)
+
     for key, value in raw.items():
         key = str(key)
         if key == "sweep":
             flat["sweep"] = value
         elif key in SECTIONS:
-            if value is None:
-                continue
-            if not isinstance(value, dict):
-                raise ConfigError(where, key, f"expected a mapping, got {value!r}")
-            for sub, v in value.items():
-                dotted = f"{key}.{sub}"
-                if dotted not in LEAF_KEYS:
-                    raise _unknown(where, dotted)
-                flat[dotted] = v
+            section(key, value)
         elif key in LEAF_KEYS:
             flat[key] = value
         else:
@@ -172,13 +182,8 @@ def _flatten(where: str, raw: Any) -> dict[str, Any]:
 
 
 def _build(where: str, flat: dict[str, Any], sweep: tuple) -> Config:
-    top: dict[str, Any] = {}
-    sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    for key, value in flat.items():
-        value = _coerce(where, key, value)
-        section, _, name = key.rpartition(".")
-        (sections[section] if section else top)[name] = value
-    return Config(**top, **{s: SECTIONS[s](**kw) for s, kw in sections.items()}, sweep=sweep)
+    values = {key: _coerce(where, key, value) for key, value in flat.items()}
+    return dataclasses.replace(with_values(Config(), values), sweep=sweep)
 
 
 def parse_set(expr: str) -> tuple[str, Any]:
@@ -294,18 +299,18 @@ class SweepPoint:
     config: Config  # the effective config: base with the values applied, no sweep
 
 
-def with_values(cfg: Config, values: dict[str, Any]) -> Config:
-    """A copy of cfg with dotted keys set (values already coerced)."""
+def with_values(cfg, values: dict[str, Any]):
+    """A copy of cfg (a Config or one of its sections) with dotted keys set (values already coerced)."""
     top: dict[str, Any] = {}
-    by_section: dict[str, dict[str, Any]] = {}
+    nested: dict[str, dict[str, Any]] = {}
     for key, value in values.items():
-        section, _, name = key.rpartition(".")
-        if section:
-            by_section.setdefault(section, {})[name] = value
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
         else:
-            top[name] = value
-    for section, kw in by_section.items():
-        top[section] = dataclasses.replace(getattr(cfg, section), **kw)
+            top[head] = value
+    for head, sub in nested.items():
+        top[head] = with_values(getattr(cfg, head), sub)
     return dataclasses.replace(cfg, **top)
 
 
@@ -342,12 +347,28 @@ def trajectory_dict(cfg: Config, source_digest: str) -> dict:
         d["model"].pop(key.split(".", 1)[1])
     d["source"] = {"kind": d["source"]["kind"], "content": source_digest}  # the digest is the world
     d["real"].pop("heldout")  # the yardstick, not the trajectory
+    _drop_unused_filter_keys(d["generate"])
     rule = policies.POLICIES[d["corpus"]["policy"]]
     if not rule.uses_real_fraction:
         d["corpus"].pop("real_fraction")
     if not rule.uses_train_sequences:
         d["corpus"].pop("train_sequences")
     return d
+
+
+def _drop_unused_filter_keys(generate: dict) -> None:
+    """Leave out of a trajectory's identity the filter keys its kind does not
+    read (all of them for `none`, so configs without a filter keep their keys)."""
+    f = generate["filter"]
+    if f["kind"] == "none":
+        del generate["filter"]
+        return
+    if f["kind"] not in SCORING_FILTERS:
+        del f["threshold"], f["keep_fraction"]
+    if f["kind"] != "noisy_truth":
+        del f["noise"]
+    if f["kind"] != "reference":
+        del f["reference_sequences"]
 
 
 def stable_hash(obj: Any) -> tuple[int, int]:

@@ -86,6 +86,7 @@ class CorpusSpec:
     vocab_size: int  # V
     count_rows: int = 0  # C, rows of the family's count table; 0: the family trains on tokens
     capacity: int = 0  # rows of the synth buffer for the whole run
+    keep_tokens: bool = False  # a counting family's corpus kept as tokens all the same (a dedup filter reads them)
 
     @classmethod
     def for_run(
@@ -98,10 +99,21 @@ class CorpusSpec:
         generations: int,
         vocab_size: int,
         count_rows: int = 0,
+        keep_tokens: bool = False,
     ) -> CorpusSpec:
         """The spec of a run of `generations` generations (G)."""
-        capacity = POLICIES[policy].capacity(gen_capacity, generations, count_rows > 0)
-        return cls(policy, real_sequences, seq_len, gen_capacity, train_sequences, vocab_size, count_rows, capacity)
+        capacity = POLICIES[policy].capacity(gen_capacity, generations, count_rows > 0 and not keep_tokens)
+        return cls(
+            policy,
+            real_sequences,
+            seq_len,
+            gen_capacity,
+            train_sequences,
+            vocab_size,
+            count_rows,
+            capacity,
+            keep_tokens,
+        )
 
     @property
     def rule(self) -> Policy:
@@ -115,11 +127,11 @@ class CorpusSpec:
     @property
     def as_counts(self) -> bool:
         """T_g lives as counts, not tokens."""
-        return self.rule.as_counts(self.counting)
+        return self.rule.as_counts(self.counting and not self.keep_tokens)
 
     @property
     def stores_real(self) -> bool:
-        return self.rule.stores_real(self.counting)
+        return self.rule.stores_real(self.counting and not self.keep_tokens)
 
     @property
     def dtype(self):
@@ -248,6 +260,10 @@ def training_set(cs: CorpusSpec, state: CorpusState, key, real_count, fresh_fn, 
             fetch = lambda idx: _corpus_rows(state, idx, N0).astype(jnp.int32)
         else:
             fetch = lambda idx: state.synth[idx].astype(jnp.int32)
+        if cs.counting:  # a counting family whose corpus is kept as tokens: count all of C_g
+            rows = jnp.concatenate([state.real, state.synth]) if cs.rule.keeps_real else state.synth
+            weight = (jnp.arange(rows.shape[0]) < real_n + state.n_synth).astype(jnp.int32)
+            return TrainingSet(count_fn(rows, weight), None, None, real_tokens, train_tokens)
         return TrainingSet(None, fetch, real_n + state.n_synth, real_tokens, train_tokens)
     rows, weight, real_tokens, train_tokens = _selection(cs, state, key, real_count, fresh_fn)
     if cs.counting:

@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from collapse_sim import corpus
+from collapse_sim import corpus, filters
 from collapse_sim.families.base import GroupSpec
 from collapse_sim.kernels import metrics
 from collapse_sim.keys import SAMPLE, CellParams
@@ -36,10 +36,13 @@ class World(NamedTuple):
 
     source: dict  # Source.device_arrays()
     model: object  # the family's world (held-out set, truth)
+    filter: filters.FilterWorld  # what the filter scores against
 
 
 def make_world(spec: GroupSpec, source, heldout_NxL: np.ndarray) -> World:
-    return World(source.device_arrays(), spec.family.world(spec, source, heldout_NxL))
+    return World(
+        source.device_arrays(), spec.family.world(spec, source, heldout_NxL), filters.world(spec.filter, source)
+    )
 
 
 def _count_fn(spec: GroupSpec):
@@ -60,16 +63,27 @@ def sample_metrics(spec: GroupSpec, sample_NxL, k, bigram_counts=None) -> dict:
 
 
 def _generation(spec: GroupSpec, world: World, cell: CellParams, state, key, tset, carried):
-    """Train M_g on T_g -> its metrics -> sample S_g -> admit. Returns (state, metrics)."""
+    """Train M_g on T_g -> its metrics -> sample S_g (through the filter) -> admit.
+    Returns (state, metrics)."""
     fam, cs = spec.family, spec.corpus
     model, fit = fam.train(spec, key, cell, tset, carried)
     out = fam.model_metrics(spec, world.model, model, fit)
-    # where the corpus lives as counts, S_g is counted while it is sampled
-    weight = (jnp.arange(cs.gen_capacity) < cell.k).astype(jnp.int32) if cs.as_counts else None
-    sample, counted = fam.sample(spec, model, jax.random.fold_in(key, SAMPLE), cs.gen_capacity, cell, weight)
-    out.update(sample_metrics(spec, sample, cell.k, fam.bigram_counts(spec, counted)))
+    if spec.filter.active:
+        rows = spec.filter.candidates(cs.gen_capacity)
+        candidates, _ = fam.sample(spec, model, jax.random.fold_in(key, SAMPLE), rows, cell, None)
+        sample, admitted, accept = filters.admit(spec, world, cell, state, model, key, candidates)
+        weight = (jnp.arange(cs.gen_capacity) < admitted).astype(jnp.int32)
+        counted = fam.count(spec, sample, weight) if cs.as_counts else None
+        out.update(sample_metrics(spec, sample, admitted))
+    else:
+        # where the corpus lives as counts, S_g is counted while it is sampled
+        weight = (jnp.arange(cs.gen_capacity) < cell.k).astype(jnp.int32) if cs.as_counts else None
+        sample, counted = fam.sample(spec, model, jax.random.fold_in(key, SAMPLE), cs.gen_capacity, cell, weight)
+        admitted, accept = cell.k, jnp.float32(1.0)
+        out.update(sample_metrics(spec, sample, cell.k, fam.bigram_counts(spec, counted)))
     out["real_tokens"], out["train_tokens"] = tset.real_tokens, tset.train_tokens
-    state = corpus.admit(cs, state, sample, cell.k, counted)
+    out["accept_rate"], out["admitted"] = accept, admitted
+    state = corpus.admit(cs, state, sample, admitted, counted)
     return state._replace(model=fam.carry(spec, model)), out
 
 

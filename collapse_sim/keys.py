@@ -18,12 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from collapse_sim import config as cfgmod
+from collapse_sim.schema import SCORING_FILTERS
 
 SAMPLE = 0  # drawing S_g (position t folds in t)
 SELECT = 1  # choosing T_g's rows (mix's rows of R under a further fold_in of 1)
 FRESH = 2  # fresh's new real data
 INIT = 3  # a transformer's fresh parameters
 TRAIN = 4  # a transformer's batches (step i folds in i)
+NOISE = 5  # noisy_truth's score noise
+REFERENCE = 6  # the reference filter's real sequences (folded into the real key, not the generation's)
 
 
 class CellParams(NamedTuple):
@@ -38,6 +41,21 @@ class CellParams(NamedTuple):
     top_p: jax.Array  # float32
     real_count: jax.Array  # int32, round(rho * m)
     model: dict  # float32 per traced model key of the family (`Family.traced`)
+    threshold: jax.Array  # float32, generate.filter.threshold (-inf: none)
+    keep_count: jax.Array  # int32, round(keep_fraction * oversample * k)
+    noise: jax.Array  # float32, generate.filter.noise
+
+
+def filter_values(generate_cfg) -> tuple[float, int, float]:
+    """(threshold, keep_count, noise) of a cell's filter (`collapse_sim.filters`):
+    keep_count = round(keep_fraction x candidates), halves up."""
+    f = generate_cfg.filter
+    n = f.oversample * generate_cfg.sequences if f.kind != "none" else generate_cfg.sequences
+    if f.kind not in SCORING_FILTERS:
+        return -np.inf, n, 0.0
+    threshold = -np.inf if f.threshold is None else f.threshold
+    keep = int(np.floor(f.keep_fraction * n + 0.5))
+    return threshold, keep, f.noise if f.kind == "noisy_truth" else 0.0
 
 
 def heldout_key(source_digest: str, seq_len: int, n: int):
@@ -71,6 +89,7 @@ def cell_params(cells, source_digest: str, traced: tuple[str, ...]) -> CellParam
     reps = u32([cell.replicate for cell in cells])
     t, r = np.asarray(traj, np.uint32), np.asarray(real, np.uint32)
     seeds = u32([c.seed for c in configs])
+    filt = [filter_values(c.generate) for c in configs]
     return CellParams(
         trajectory_key=_derive_keys(seeds, u32(t[:, 0]), u32(t[:, 1]), reps),
         real_key=_derive_keys(seeds, u32(r[:, 0]), u32(r[:, 1]), reps),
@@ -82,4 +101,7 @@ def cell_params(cells, source_digest: str, traced: tuple[str, ...]) -> CellParam
             [cfgmod.real_count(c.corpus.real_fraction, c.corpus.train_sequences) for c in configs], jnp.int32
         ),
         model={name: jnp.asarray([getattr(c.model, name) for c in configs], jnp.float32) for name in traced},
+        threshold=jnp.asarray([f[0] for f in filt], jnp.float32),
+        keep_count=jnp.asarray([f[1] for f in filt], jnp.int32),
+        noise=jnp.asarray([f[2] for f in filt], jnp.float32),
     )

@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from collapse_sim import checkpoint, loop, process, report, results, rundir
+from collapse_sim import checkpoint, loop, process, reporting, results, rundir
 from collapse_sim import config as cfgmod
 from collapse_sim import plan as planmod
 from collapse_sim.config import Config, ConfigError
@@ -141,17 +141,9 @@ def _finish(out: Path, cfg: Config, plan: planmod.Plan, seconds: float, reporter
                 f"collapse-sim: warning: {bad:,} of {plan.n_cells:,} cells had a non-finite training loss "
                 "(rows with loss_nonfinite = 1)"
             )
-    plot = report.plot_metric(df, plan.sweep_keys, out / "heldout_nll.png", title=f"{cfg.name}: held-out NLL")
-    report.plot_panels(
-        df,
-        plan.sweep_keys,
-        out / "metrics.png",
-        title=f"{cfg.name}: every metric, median and 10-90 % band over replicates",
-    )
-    table = report.summary(df, plan.sweep_keys)
-    table.to_csv(out / "summary.csv", index=False)
-    reporter.info(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    reporter.info(f"{len(df):,} metric rows; {seconds:.1f} s this session; plots {plot}, {out / 'metrics.png'}")
+    table, figures = reporting.write_run_files(out, cfg, df)  # the figures and table of `collapse-sim report`
+    reporter.info(reporting.printed(table))
+    reporter.info(f"{len(df):,} metric rows; {seconds:.1f} s this session; plots {', '.join(map(str, figures))}")
     reporter.notice(f"run directory: {out}")
 
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from collapse_sim import config as cfgmod
-from collapse_sim import families, keys
+from collapse_sim import families, filters, keys
 from collapse_sim.config import Config, ConfigError, SweepPoint
 from collapse_sim.corpus import CorpusSpec
 from collapse_sim.families.base import GroupSpec
@@ -76,7 +76,18 @@ def memory_budget(device=None) -> int:
 def cell_parts(spec: GroupSpec) -> dict[str, int]:
     """A generous estimate of the device memory one cell needs during a step,
     by the config key that drives each part."""
-    return spec.family.memory_parts(spec)
+    parts = spec.family.memory_parts(spec)
+    fs, cs = spec.filter, spec.corpus
+    if fs.active:  # candidates, scores, their ranking and the admitted copy
+        rows, L = spec.sample_rows, spec.seq_len
+        part = 4 * L * 3 * rows + 32 * rows + 4 * L * cs.gen_capacity
+        if fs.kind == "dedup":  # hashes and sort keys of every corpus row
+            part += 24 * (cs.real_sequences + cs.capacity) + 4 * L * (cs.real_sequences + cs.capacity)
+        if fs.kind == "reference":
+            part += 4 * 3 * (spec.vocab_size + 1) ** (fs.reference_order - 1) * spec.vocab_size
+            part += 4 * L * 3 * fs.reference_sequences
+        parts["generate.filter.oversample"] = part
+    return parts
 
 
 def cell_bytes(spec: GroupSpec) -> int:
@@ -88,6 +99,7 @@ def group_spec(point: SweepPoint, source: Source, gen_capacity: int) -> GroupSpe
     c = point.config
     fam = families.get(c.model.kind)
     model = fam.model_spec(c.model, source.vocab_size, c.real.seq_len)
+    fs = filters.filter_spec(c.generate, fam.reference_order(model))
     cs = CorpusSpec.for_run(
         c.corpus.policy,
         c.real.sequences,
@@ -97,8 +109,9 @@ def group_spec(point: SweepPoint, source: Source, gen_capacity: int) -> GroupSpe
         c.generations,
         source.vocab_size,
         fam.count_rows(model),
+        fs.keeps_tokens,
     )
-    return GroupSpec(fam, model, cs, source.sampler, source.has_truth)
+    return GroupSpec(fam, model, cs, source.sampler, source.has_truth, fs)
 
 
 def _check(where: str, spec: GroupSpec, generations: int, platform: str) -> None:

@@ -49,12 +49,13 @@ def metric_rows(spec, cells, generation: int, out: dict, sweep_keys: list[str]) 
     for key in sweep_keys:
         cols[key] = [column_value(dict(c.point.values)[key]) for c in cells]
     host = {k: np.asarray(v)[:n] for k, v in out.items()}
-    ints = spec.family.int_metrics
+    ints = (*spec.family.int_metrics, "admitted")
     for name in spec.metric_names():
         if name in ("real_tokens", "train_tokens"):
             continue
         cols[name] = host[name].astype(np.int64 if name in ints else np.float64)
-    cols["real_fraction"] = host["real_tokens"].astype(np.float64) / host["train_tokens"].astype(np.float64)
+    with np.errstate(invalid="ignore"):  # an empty T_g (a filter admitted nothing under replace): NaN
+        cols["real_fraction"] = host["real_tokens"].astype(np.float64) / host["train_tokens"].astype(np.float64)
     return cols
 
 

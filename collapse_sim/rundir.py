@@ -156,10 +156,14 @@ def fingerprint(cfg: Config, source_digests: list[str]) -> dict:
     """Every key that shapes a run's results, flattened to dotted keys (the
     sweep as ``sweep.<key>``), with the content digest of each source. Not
     included: FREE_KEYS, `generations` (extended with --generations) and the
-    model keys of the other family."""
+    model keys of the other family, and the filter's keys when there is no
+    filter (so a run made before filters existed resumes)."""
     flat = _flat(cfg.to_dict())
     for key in FREE_KEYS + ("generations",) + tuple(unused_model_keys(cfg.model.kind)):
         flat.pop(key, None)
+    if cfg.generate.filter.kind == "none" and not any(k.startswith("generate.filter.") for k, _ in cfg.sweep):
+        for key in [k for k in flat if k.startswith("generate.filter.")]:
+            del flat[key]
     flat["source.content"] = sorted(set(source_digests))
     return json.loads(json.dumps(flat))  # tuples as lists, as they come back from JSON
 

@@ -97,12 +97,29 @@ def unused_model_keys(kind: str) -> list[str]:
     return [f"model.{k}" for family in MODEL_KEYS.values() for k in family if k not in used]
 
 
+FILTER_KINDS = ("none", "dedup", "truth", "noisy_truth", "self", "reference")
+SCORING_FILTERS = ("truth", "noisy_truth", "self", "reference")  # those that admit by score
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Quality filter on generated candidates (DESIGN §4; `collapse_sim.filters`)."""
+
+    kind: str = "none"  # none | dedup | truth | noisy_truth | self | reference
+    threshold: float | None = None  # admit a candidate whose score (mean nats per token) >= threshold
+    keep_fraction: float = 1.0  # ... and that ranks among the best keep_fraction of the candidates
+    oversample: int = 1  # candidates drawn per admitted sequence
+    noise: float = 0.0  # noisy_truth: standard deviation of the Gaussian noise added to each score
+    reference_sequences: int = 1000  # reference: real sequences the verifier is fitted on
+
+
 @dataclass(frozen=True)
 class GenerateConfig:
     sequences: int = 2000
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    filter: FilterConfig = field(default_factory=FilterConfig)
 
 
 @dataclass(frozen=True)
@@ -146,11 +163,13 @@ class Config:
         return d
 
 
+# every section by its dotted name (a section may hold another: generate.filter)
 SECTIONS = {
     "source": SourceConfig,
     "real": RealConfig,
     "model": ModelConfig,
     "generate": GenerateConfig,
+    "generate.filter": FilterConfig,
     "corpus": CorpusConfig,
     "checkpoint": CheckpointConfig,
 }
@@ -159,7 +178,7 @@ SECTIONS = {
 def _leaf_keys() -> list[str]:
     keys = [f.name for f in dataclasses.fields(Config) if f.name not in SECTIONS and f.name != "sweep"]
     for section, cls in SECTIONS.items():
-        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls) if f"{section}.{f.name}" not in SECTIONS]
     return keys
 
 

@@ -7,7 +7,16 @@ the value when the key is swept.
 from __future__ import annotations
 
 from collapse_sim.policies import POLICIES
-from collapse_sim.schema import MAX_VOCAB, MODEL_KINDS, SOURCE_KINDS, Config, ConfigError, ModelConfig, real_count
+from collapse_sim.schema import (
+    FILTER_KINDS,
+    MAX_VOCAB,
+    MODEL_KINDS,
+    SOURCE_KINDS,
+    Config,
+    ConfigError,
+    ModelConfig,
+    real_count,
+)
 
 
 def _require(ok: bool, where: str, key: str, message: str, swept: dict) -> None:
@@ -66,6 +75,7 @@ def validate(where: str, cfg: Config, explicit_vocab: bool = True, swept: dict |
     req(gen.temperature >= 0, "generate.temperature", f"must be >= 0, got {gen.temperature}")
     req(gen.top_k >= 0, "generate.top_k", f"must be >= 0 (0 = off), got {gen.top_k}")
     req(0 < gen.top_p <= 1, "generate.top_p", f"must be in (0, 1], got {gen.top_p}")
+    _validate_filter(req, cfg)
     corpus = cfg.corpus
     req(corpus.policy in POLICIES, "corpus.policy", f"must be one of {', '.join(POLICIES)}, got {corpus.policy!r}")
     req(0 <= corpus.real_fraction <= 1, "corpus.real_fraction", f"must be in [0, 1], got {corpus.real_fraction}")
@@ -118,3 +128,18 @@ def _validate_transformer(req, model: ModelConfig) -> None:
     )
     req(model.init in ("fresh", "continue"), "model.init", f"must be fresh or continue, got {model.init!r}")
     req(model.dtype in ("float32", "bfloat16"), "model.dtype", f"must be float32 or bfloat16, got {model.dtype!r}")
+
+
+def _validate_filter(req, cfg: Config) -> None:
+    f, key = cfg.generate.filter, "generate.filter"
+    req(f.kind in FILTER_KINDS, f"{key}.kind", f"must be one of {', '.join(FILTER_KINDS)}, got {f.kind!r}")
+    req(
+        f.kind not in ("truth", "noisy_truth") or cfg.source.kind != "text",
+        f"{key}.kind",
+        f"{f.kind} scores candidates under the true source, which a text source does not have; "
+        "use reference (a verifier fitted on real text) or self",
+    )
+    req(0 < f.keep_fraction <= 1, f"{key}.keep_fraction", f"must be in (0, 1], got {f.keep_fraction}")
+    req(f.oversample >= 1, f"{key}.oversample", f"must be >= 1, got {f.oversample}")
+    req(f.noise >= 0, f"{key}.noise", f"must be >= 0, got {f.noise}")
+    req(f.reference_sequences >= 1, f"{key}.reference_sequences", f"must be >= 1, got {f.reference_sequences}")

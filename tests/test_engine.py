@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from collapse_sim import plan as planmod
 from tests.helpers import load, run_rows
 
 METRICS = [
@@ -109,8 +110,20 @@ def test_cell_alone_equals_cell_in_sweep_bit_for_bit(sweep_rows, policy):
     assert_same(target.reset_index(drop=True), alone)
 
 
-def test_chunk_size_does_not_change_results(sweep_rows):
-    assert_same(sweep_rows, run_rows(load(SWEEP), chunk=2))
+def test_a_sweep_larger_than_the_memory_budget_runs_in_chunks(sweep_rows, monkeypatch):
+    """With a budget that holds two cells per device, the plan splits each
+    group into chunks (no out-of-memory), and the results are the same, bit
+    for bit: a cell does not depend on its chunk. (The transformer's version
+    of this, which compiles a model at another batch size, is marked slow in
+    tests/families/test_transformer.py.)"""
+    cfg = load(SWEEP)
+    # every group's cells estimated at one size, so every group splits alike
+    monkeypatch.setattr(planmod, "cell_parts", lambda spec: {"generate.sequences": 1 << 20})
+    monkeypatch.setattr(planmod, "memory_budget", lambda device=None: 2 * (1 << 20) + 1)
+    nd = len(jax.local_devices())
+    chunked = planmod.make_plan(cfg, "t", jax.local_devices())
+    assert {g.chunk_size for g in chunked.groups} == {2 * nd} and len(chunked.groups[0].cells) > 2 * nd
+    assert_same(sweep_rows, run_rows(cfg))
 
 
 def test_set_directly_equals_swept(sweep_rows):

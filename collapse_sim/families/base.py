@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from collapse_sim.corpus import CorpusSpec
+from collapse_sim.filters import NONE as NO_FILTER
+from collapse_sim.filters import FilterSpec
 from collapse_sim.sources import Sampler
 
 
@@ -33,6 +35,7 @@ class GroupSpec:
     corpus: CorpusSpec
     sampler: Sampler  # the source's static part
     has_truth: bool  # the source's exact conditionals are known (categorical, markov)
+    filter: FilterSpec = NO_FILTER  # the quality filter on generated candidates
 
     @property
     def vocab_size(self) -> int:
@@ -56,7 +59,12 @@ class GroupSpec:
         names = self.family.model_metric_names(self)
         if self.seq_len >= 2:
             names += ["distinct_2"]
-        return names + ["unique_seq", "real_tokens", "train_tokens"]
+        return names + ["unique_seq", "accept_rate", "admitted", "real_tokens", "train_tokens"]
+
+    @property
+    def sample_rows(self) -> int:
+        """Sequences drawn from a model per generation (k, or the filter's candidates)."""
+        return self.filter.candidates(self.corpus.gen_capacity)
 
 
 class Family:
@@ -86,6 +94,10 @@ class Family:
     def model_spec(self, model_cfg, vocab_size: int, seq_len: int):
         """The family's static spec from the config's model section."""
         raise NotImplementedError
+
+    def reference_order(self, model_spec) -> int:
+        """Order of the count model the `reference` filter fits on real data."""
+        return 2
 
     def count_rows(self, model_spec) -> int:
         """Rows C of the count table it trains on; 0 when it trains on tokens."""

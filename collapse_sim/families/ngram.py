@@ -56,6 +56,9 @@ class Ngram(Family):
     def model_spec(self, model_cfg, vocab_size, seq_len):
         return NgramSpec(model_cfg.order, vocab_size)
 
+    def reference_order(self, model_spec):
+        return model_spec.order
+
     def count_rows(self, model_spec):
         return model_spec.contexts
 
@@ -80,7 +83,7 @@ class Ngram(Family):
             # token buffers (the state and its successor) and the selection's scores
             "generations": (item * L * 2 + 12) * cs.capacity,
             "real.sequences": (item * L * 2 + 4 * L * 4 + 12) * real_rows + 4 * L * 4 * cs.real_sequences,
-            "generate.sequences": 4 * L * 4 * cs.gen_capacity,  # the sample, its contexts, draws
+            "generate.sequences": 4 * L * 4 * spec.sample_rows,  # the sample, its contexts, draws
             "corpus.train_sequences": 4 * L * 4 * cs.train_sequences,
         }
 

@@ -148,7 +148,7 @@ class Transformer(Family):
             "model.batch_size": 4 * 2 * tr.batch_size * L * per_token,
             "real.heldout": 4 * spec.model.heldout_chunk * L * per_token,
             # KV caches, one position's activations and sampling rows, the sample
-            "generate.sequences": cs.gen_capacity * (2 * layers * L * d * 4 + 4 * (per_token + 2 * W) + 4 * L * 3),
+            "generate.sequences": spec.sample_rows * (2 * layers * L * d * 4 + 4 * (per_token + 2 * W) + 4 * L * 3),
             "generations": (item * L * 2 + 12) * cs.capacity,
             "real.sequences": item * L * 2 * real_rows + 4 * L * 2 * cs.real_sequences,
             "corpus.train_sequences": 4 * L * 3 * cs.train_sequences,
@@ -227,7 +227,18 @@ class Transformer(Family):
         return transformer.sample(spec.model.arch, p, key, n, cell.temperature, cell.top_k, cell.top_p), None
 
     def score(self, spec, p, tokens_NxL):
-        return tree_sum(transformer.token_log_probs(spec.model.arch, p, tokens_NxL), axis=-1)
+        """In passes of `heldout_chunk` rows, so scoring many candidates needs
+        no more activation memory than the held-out metrics."""
+        arch, rows = spec.model.arch, spec.model.heldout_chunk
+        n = tokens_NxL.shape[0]
+        if n <= rows:
+            return tree_sum(transformer.token_log_probs(arch, p, tokens_NxL), axis=-1)
+        chunks = -(-n // rows)
+        padded = jnp.zeros((chunks * rows, tokens_NxL.shape[1]), tokens_NxL.dtype).at[:n].set(tokens_NxL)
+        out = jax.lax.map(
+            lambda t: tree_sum(transformer.token_log_probs(arch, p, t), axis=-1), padded.reshape(chunks, rows, -1)
+        )
+        return out.reshape(-1)[:n]
 
     def carry(self, spec, p):
         return named(p) if spec.model.carries else {}

@@ -40,6 +40,9 @@ TRANSFORMER = [
 ]
 
 
+init = jax.jit(T.init, static_argnums=0)  # one program (an eager flax init compiles op by op)
+
+
 def test_every_family_implements_the_interface():
     """A registered family overrides every method its base leaves abstract,
     declares the traced keys its config has, and no family is named twice."""
@@ -78,6 +81,9 @@ def _model(spec, rng):
             "weight_decay": jnp.float32(0.0),
             "grad_clip": jnp.float32(1.0),
         },
+        jnp.float32(-np.inf),
+        jnp.int32(10),
+        jnp.float32(0),
     )
     fam = spec.family
     if spec.corpus.counting:
@@ -100,7 +106,7 @@ def test_ngram_score_is_the_sum_of_reference_log_probabilities(rng):
 def test_transformer_score_is_the_sum_of_reference_log_probabilities(rng):
     spec = _spec("transformer")
     params = jax.tree.map(  # every leaf redrawn, so every term of the model counts
-        lambda x: jnp.asarray(rng.normal(0, 0.3, x.shape), jnp.float32), T.init(spec.model.arch, jax.random.key(2))
+        lambda x: jnp.asarray(rng.normal(0, 0.3, x.shape), jnp.float32), init(spec.model.arch, jax.random.key(2))
     )
     tokens = rng.integers(0, 5, (7, 6))
     got = np.asarray(spec.family.score(spec, params, jnp.asarray(tokens, jnp.int32)))
@@ -111,6 +117,19 @@ def test_transformer_score_is_the_sum_of_reference_log_probabilities(rng):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_transformer_scores_many_rows_in_passes(rng):
+    """More rows than a held-out pass holds: scored in passes (padded), the
+    same as one pass over all of them."""
+    spec = _spec("transformer")
+    params = init(spec.model.arch, jax.random.key(3))
+    n = 2 * spec.model.heldout_chunk + 3
+    tokens = jnp.asarray(rng.integers(0, 5, (n, 6)), jnp.int32)
+    got = np.asarray(jax.jit(lambda p, t: spec.family.score(spec, p, t))(params, tokens))
+    want = np.asarray(T.token_log_probs(spec.model.arch, params, tokens)).sum(-1)
+    assert got.shape == (n,)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_score_gives_minus_infinity_to_an_impossible_sequence():
     """Maximum likelihood: a token never seen after its context has probability 0."""
     spec = _spec("ngram")
@@ -118,7 +137,7 @@ def test_score_gives_minus_infinity_to_an_impossible_sequence():
     model = spec.family.train(
         spec,
         None,
-        keys.CellParams(*[None] * 7, {"smoothing": jnp.float32(0)}),
+        keys.CellParams(*[None] * 7, {"smoothing": jnp.float32(0)}, *[None] * 3),
         TrainingSet(counts, None, None, 0, 0),
         None,
     )[0]
@@ -128,7 +147,7 @@ def test_score_gives_minus_infinity_to_an_impossible_sequence():
 
 def test_parameters_are_named_by_their_path_and_round_trip():
     arch = T.Arch(vocab_size=5, seq_len=6, d_model=8, layers=2, heads=2, mlp_ratio=2)
-    params = T.init(arch, jax.random.key(4))
+    params = init(arch, jax.random.key(4))
     named = ftransformer.named(params)
     assert {"blocks_0.attn.qkv.kernel", "blocks_1.up.bias", "embed.embedding", "pos", "head.kernel"} <= set(named)
     back = ftransformer.from_named(arch, named)

@@ -146,6 +146,7 @@ def test_cells_do_not_depend_on_their_chunk(sweep_rows):
             np.testing.assert_allclose(rows[col].to_numpy(), ref[col].to_numpy(), rtol=1e-5, atol=1e-7, err_msg=col)
 
 
+@pytest.mark.slow  # compiles the model at a second batch size; the planner's chunking is tested on n-grams
 def test_a_sweep_larger_than_the_memory_budget_runs_in_chunks(monkeypatch, sweep_rows):
     """With a budget that holds two cells per device, the plan splits the
     group into chunks (no out-of-memory), and the results are the same."""
@@ -276,10 +277,10 @@ def test_continue_starts_from_the_previous_model():
     """With a learning rate of 1e-30 training changes nothing, so under
     init: continue generation 1's model is generation 0's (the same held-out
     NLL, exactly), while under init: fresh it is a new random model."""
-    common = TINY + ["generations=1", "replicates=2", "model.learning_rate=1e-30", "model.weight_decay=0"]
-    # the shapes of CONTINUE and of the chunked sweep: their compiled programs are reused
-    for init, policy, same in (("continue", "replace", True), ("fresh", "mix", False)):
-        df = run_rows(load(common + [f"model.init={init}", f"corpus.policy={policy}"]))
+    common = TINY + ["generations=1", "model.learning_rate=1e-30", "model.weight_decay=0"]
+    # the shapes of CONTINUE (4 cells) and of SWEEP (6): their compiled programs are reused
+    for init, policy, cells, same in (("continue", "replace", 4, True), ("fresh", "mix", 6, False)):
+        df = run_rows(load(common + [f"model.init={init}", f"corpus.policy={policy}", f"replicates={cells}"]))
         g0 = df[df.generation == 0]["heldout_nll"].to_numpy()
         g1 = df[df.generation == 1]["heldout_nll"].to_numpy()
         assert np.array_equal(g0, g1) == same, (init, g0, g1)

@@ -12,6 +12,9 @@ import pytest
 from collapse_sim.kernels import transformer as T
 from tests import reference
 
+# one compiled program per shape (an eager flax init compiles op by op, seconds each)
+init = jax.jit(T.init, static_argnums=0)
+
 
 def randomised(params, rng, scale=0.3):
     """Parameters with every leaf redrawn (biases and norms included), so the
@@ -24,9 +27,9 @@ def randomised(params, rng, scale=0.3):
 @pytest.mark.parametrize("tie", [False, True])
 def test_forward_matches_numpy_reference(rng, tie):
     arch = T.Arch(vocab_size=7, seq_len=6, d_model=16, layers=2, heads=4, mlp_ratio=2, tie=tie)
-    params = randomised(T.init(arch, jax.random.key(1)), rng)
+    params = randomised(init(arch, jax.random.key(1)), rng)
     tokens = rng.integers(0, 7, (5, 6))
-    got = np.asarray(T.logits(arch, params, jnp.asarray(tokens, jnp.int32)))
+    got = np.asarray(jax.jit(T.logits, static_argnums=0)(arch, params, jnp.asarray(tokens, jnp.int32)))
     want = reference.transformer_logits(jax.device_get(params), tokens, 7, 4, tie)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
@@ -46,9 +49,9 @@ def test_training_gradient_matches_finite_differences_of_the_reference(rng):
     moves every gradient of its block by O(1), so 8 elements of each see it."""
     V, heads = 5, 2
     arch = T.Arch(vocab_size=V, seq_len=5, d_model=8, layers=2, heads=heads, mlp_ratio=2)
-    params = randomised(T.init(arch, jax.random.key(3)), rng, scale=0.5)
+    params = randomised(init(arch, jax.random.key(3)), rng, scale=0.5)
     tokens = rng.integers(0, V, (3, 5))
-    grads = jax.grad(lambda p: T.nll(arch, p, jnp.asarray(tokens, jnp.int32)))(params)
+    grads = jax.jit(jax.grad(lambda p: T.nll(arch, p, jnp.asarray(tokens, jnp.int32))))(params)
     host = jax.tree.map(lambda a: np.asarray(a, np.float64), jax.device_get(params))
     leaves, tree = jax.tree.flatten(host)
     names = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(host)[0]]
@@ -71,20 +74,21 @@ def test_training_gradient_matches_finite_differences_of_the_reference(rng):
 
 def test_kv_cache_decoding_equals_full_recomputation(rng):
     arch = T.Arch(vocab_size=9, seq_len=8, d_model=16, layers=3, heads=2)
-    params = randomised(T.init(arch, jax.random.key(2)), rng)
+    params = randomised(init(arch, jax.random.key(2)), rng)
     tokens = jnp.asarray(rng.integers(0, 9, (4, 8)), jnp.int32)
-    full = np.asarray(T.logits(arch, params, tokens))
+    full = np.asarray(jax.jit(T.logits, static_argnums=0)(arch, params, tokens))
     caches = T.init_caches(arch, 4)
     prev = jnp.full((4,), 9, jnp.int32)
+    decode = jax.jit(T.decode_step, static_argnums=0)  # one program, the position traced
     for pos in range(8):
-        step, caches = T.decode_step(arch, params, prev, pos, caches)
+        step, caches = decode(arch, params, prev, jnp.int32(pos), caches)
         np.testing.assert_allclose(np.asarray(step), full[:, pos], rtol=1e-5, atol=1e-5)
         prev = tokens[:, pos]
 
 
 def known_logits_params(arch, logits_V):
     """A model whose every output is `logits_V`: head kernel 0, head bias = logits."""
-    params = T.init(arch, jax.random.key(0))
+    params = init(arch, jax.random.key(0))
     params["head"] = {"kernel": jnp.zeros_like(params["head"]["kernel"]), "bias": jnp.asarray(logits_V, jnp.float32)}
     return params
 
@@ -123,9 +127,10 @@ def test_sampling_applies_temperature_and_top_k_like_the_ngram_family():
     logits_V = np.array([1.5, 0.2, -0.7, 0.9, -2.0, 0.0])
     arch = T.Arch(vocab_size=V, seq_len=L, d_model=8, layers=1, heads=2)
     params = known_logits_params(arch, logits_V)
-    greedy = np.asarray(T.sample(arch, params, jax.random.key(4), 500, 0.0, 0, 1.0))
+    sample = jax.jit(T.sample, static_argnums=(0, 3))  # one program, the filter's values traced
+    greedy = np.asarray(sample(arch, params, jax.random.key(4), 4000, 0.0, 0, 1.0))
     assert (greedy == 0).all()
-    top2 = np.asarray(T.sample(arch, params, jax.random.key(5), 4000, 1.0, 2, 1.0))
+    top2 = np.asarray(sample(arch, params, jax.random.key(5), 4000, 1.0, 2, 1.0))
     assert set(np.unique(top2)) == {0, 3}
 
 
@@ -143,7 +148,7 @@ def test_vmap_over_cells_equals_a_loop():
 
     def cell(key_data, rows_NxL, nv, lr):
         key = jax.random.wrap_key_data(key_data)
-        params = T.init(arch, jax.random.fold_in(key, 0))
+        params = init(arch, jax.random.fold_in(key, 0))
         tx = T.optimizer(lr, 0.01, steps=20, warmup=5, schedule="cosine", clip=1.0)
         params, losses = T.train(arch, tx, params, jax.random.fold_in(key, 1), rows_NxL, nv, 20, 16)
         sample = T.sample(arch, params, jax.random.fold_in(key, 2), 10, 1.0, 0, 1.0)
@@ -172,12 +177,13 @@ def test_position_sums_match_numpy(rng):
     L2 against given true next-token rows, zeros included) against float64
     numpy on the reference logits."""
     arch = T.Arch(vocab_size=5, seq_len=6, d_model=8, layers=1, heads=2, mlp_ratio=2)
-    params = randomised(T.init(arch, jax.random.key(4)), rng)
+    params = randomised(init(arch, jax.random.key(4)), rng)
     tokens = rng.integers(0, 5, (7, 6))
     truth = rng.dirichlet(np.ones(5), (7, 6))
     truth[:, :, 0] = 0.0  # a token the truth never emits
     truth /= truth.sum(-1, keepdims=True)
-    got = T.position_sums(arch, params, jnp.asarray(tokens, jnp.int32), jnp.asarray(truth, jnp.float32))
+    sums = jax.jit(T.position_sums, static_argnums=0)
+    got = sums(arch, params, jnp.asarray(tokens, jnp.int32), jnp.asarray(truth, jnp.float32))
     lg = reference.transformer_logits(jax.device_get(params), tokens, 5, 2, False).astype(np.float64)
     logm = lg - np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1, keepdims=True)) - lg.max(-1, keepdims=True)
     m = np.exp(logm)
