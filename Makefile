@@ -32,7 +32,7 @@ bench: $(STAMP)  ## n-gram throughput against a numpy loop, checkpoint overhead,
 	$(BIN)/python benchmarks/checkpoint_overhead.py
 	$(BIN)/python benchmarks/transformer_throughput.py
 
-experiments: $(STAMP)  ## the five experiments of docs/experiments.md (about 25 min on 2 cores); figures to docs/figures/
+experiments: $(STAMP)  ## the five experiments of docs/experiments.md (about 10 min on 2 cores); figures to docs/figures/
 	configs/experiments/run.sh
 
 clean:

@@ -4,6 +4,15 @@ import os
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
 
+# LLVM's backend optimisation off: the suite's time is mostly XLA compiling
+# small programs, and this halves it. Every comparison a test makes is
+# between runs under the same flags, and the last-bit differences the
+# invariants guard against (a batch of one cell per device, for one) still
+# show at this level. To test at the production level, put
+# --xla_backend_optimization_level=2 in XLA_FLAGS.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ["XLA_FLAGS"] + " --xla_backend_optimization_level=0").strip()
+
 # A persistent compilation cache for this session (also inherited by the CLI
 # subprocesses of the fault tests): each run of a config compiles once.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:

@@ -113,9 +113,7 @@ def test_cell_alone_equals_cell_in_sweep_bit_for_bit(sweep_rows, policy):
 def test_a_sweep_larger_than_the_memory_budget_runs_in_chunks(sweep_rows, monkeypatch):
     """With a budget that holds two cells per device, the plan splits each
     group into chunks (no out-of-memory), and the results are the same, bit
-    for bit: a cell does not depend on its chunk. (The transformer's version
-    of this, which compiles a model at another batch size, is marked slow in
-    tests/families/test_transformer.py.)"""
+    for bit: a cell does not depend on its chunk."""
     cfg = load(SWEEP)
     # every group's cells estimated at one size, so every group splits alike
     monkeypatch.setattr(planmod, "cell_parts", lambda spec: {"generate.sequences": 1 << 20})

@@ -31,7 +31,7 @@ generate:
 corpus: {policy: accumulate_subsample, train_sequences: 30, real_fraction: 0.25}
 checkpoint: {every: 2, keep: 2}
 sweep:
-  generate.filter.kind: [reference, dedup]   # truth: test_theory; self: the shortfall test; noisy_truth: direct
+  generate.filter.kind: [truth, noisy_truth, self, reference, dedup]
   generate.sequences: [12, 20]
 """
 
@@ -252,7 +252,7 @@ def filtered_run(tmp_path_factory):
 
 def test_every_filter_and_metric_recorded(filtered_run):
     df = load_metrics(filtered_run / "ref")
-    assert set(df["generate.filter.kind"]) == {"reference", "dedup"}
+    assert set(df["generate.filter.kind"]) == {"truth", "noisy_truth", "self", "reference", "dedup"}
     assert df["accept_rate"].between(0, 1).all() and (df["admitted"] <= df["generate.sequences"]).all()
     scoring = df[df["generate.filter.kind"] != "dedup"]
     assert (scoring["accept_rate"] <= 0.5 + 1e-6).all()  # keep_fraction 0.5
@@ -262,7 +262,7 @@ def test_every_filter_and_metric_recorded(filtered_run):
 def test_a_filtered_cell_alone_equals_it_in_the_sweep(filtered_run):
     df = load_metrics(filtered_run / "ref")
     cfg = load([], filtered_run / "c.yaml")
-    for kind in ("reference", "dedup"):
+    for kind in ("noisy_truth", "self", "reference", "dedup"):
         cell = int(df[(df["generate.filter.kind"] == kind) & (df["generate.sequences"] == 12)].cell.iloc[-1])
         alone = run_rows(cfg, keep=lambda c, cell=cell: c.index == cell)
         want = df[df.cell == cell].reset_index(drop=True)

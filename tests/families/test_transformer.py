@@ -146,7 +146,6 @@ def test_cells_do_not_depend_on_their_chunk(sweep_rows):
             np.testing.assert_allclose(rows[col].to_numpy(), ref[col].to_numpy(), rtol=1e-5, atol=1e-7, err_msg=col)
 
 
-@pytest.mark.slow  # compiles the model at a second batch size; the planner's chunking is tested on n-grams
 def test_a_sweep_larger_than_the_memory_budget_runs_in_chunks(monkeypatch, sweep_rows):
     """With a budget that holds two cells per device, the plan splits the
     group into chunks (no out-of-memory), and the results are the same."""
@@ -284,3 +283,30 @@ def test_continue_starts_from_the_previous_model():
         g0 = df[df.generation == 0]["heldout_nll"].to_numpy()
         g1 = df[df.generation == 1]["heldout_nll"].to_numpy()
         assert np.array_equal(g0, g1) == same, (init, g0, g1)
+
+
+def test_a_filtered_transformer_cell_alone_equals_it_in_the_sweep():
+    """The self filter through the transformer family (candidates scored by
+    the model that drew them, in passes of held-out size): the better half of
+    2k candidates is admitted, k of them, and a cell alone gives the sweep's
+    metrics."""
+    cfg = load(
+        TINY
+        + [
+            "corpus.policy=accumulate_subsample",
+            "generate.filter.kind=self",
+            "generate.filter.oversample=2",
+            "generate.filter.keep_fraction=0.5",
+            "replicates=2",
+            "generations=2",
+            "sweep={generate.sequences: [12, 24]}",
+        ]
+    )
+    df = run_rows(cfg)
+    assert (df["admitted"] == df["generate.sequences"]).all() and np.allclose(df["accept_rate"], 0.5)
+    assert np.isfinite(df[NEURAL_METRICS].to_numpy()).all()
+    cell = int(df[df["generate.sequences"] == 12].cell.iloc[-1])
+    alone = run_rows(cfg, keep=lambda c: c.index == cell)
+    want = df[df.cell == cell].reset_index(drop=True)
+    for col in NEURAL_METRICS + ["accept_rate", "admitted"]:
+        np.testing.assert_allclose(alone[col].to_numpy(), want[col].to_numpy(), rtol=1e-5, atol=1e-7, err_msg=col)
