@@ -154,30 +154,23 @@ def _flatten(where: str, raw: Any) -> dict[str, Any]:
         raise ConfigError(where, "", "the top level must be a mapping of keys to values")
     flat: dict[str, Any] = {}
 
-    def section(key: str, value: Any) -> None:
+    def section(prefix: str, value: Any) -> None:
         if value is None:
             return
         if not isinstance(value, dict):
-            raise ConfigError(where, key, f"expected a mapping, got {value!r}")
+            raise ConfigError(where, prefix, f"expected a mapping, got {value!r}")
         for sub, v in value.items():
-            dotted = f"{key}.{sub}"
-            if dotted in SECTIONS:
+            dotted = f"{prefix}.{sub}" if prefix else str(sub)
+            if dotted == "sweep":
+                flat["sweep"] = v
+            elif dotted in SECTIONS:
                 section(dotted, v)
             elif dotted in LEAF_KEYS:
                 flat[dotted] = v
             else:
                 raise _unknown(where, dotted)
 
-    for key, value in raw.items():
-        key = str(key)
-        if key == "sweep":
-            flat["sweep"] = value
-        elif key in SECTIONS:
-            section(key, value)
-        elif key in LEAF_KEYS:
-            flat[key] = value
-        else:
-            raise _unknown(where, key)
+    section("", raw)
     return flat
 
 
