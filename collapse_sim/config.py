@@ -174,9 +174,9 @@ def _flatten(where: str, raw: Any) -> dict[str, Any]:
     return flat
 
 
-def _build(where: str, flat: dict[str, Any], sweep: tuple) -> Config:
+def _build(where: str, flat: dict[str, Any], sweep: tuple, points: tuple = ()) -> Config:
     values = {key: _coerce(where, key, value) for key, value in flat.items()}
-    return dataclasses.replace(with_values(Config(), values), sweep=sweep)
+    return dataclasses.replace(with_values(Config(), values), sweep=sweep, points=points)
 
 
 def parse_set(expr: str) -> tuple[str, Any]:
@@ -193,28 +193,69 @@ def parse_set(expr: str) -> tuple[str, Any]:
     return key, value
 
 
-def _parse_sweep(where: str, raw: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+def _swept_key(where: str, key: str, wkey: str) -> None:
+    if key not in LEAF_KEYS:
+        near = difflib.get_close_matches(key, LEAF_KEYS, n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        raise ConfigError(where, wkey, f"sweeps over a key that does not exist{hint}")
+    if key in UNSWEPT:
+        raise ConfigError(where, wkey, "this key cannot be swept")
+
+
+def _parse_points(where: str, raw: Any) -> tuple:
+    """`sweep.points`: a non-empty list of mappings {dotted key: one value}."""
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(where, "sweep.points", "expected a non-empty list of mappings of dotted keys to values")
+    out = []
+    for i, point in enumerate(raw):
+        wkey = f"sweep.points[{i}]"
+        if not isinstance(point, dict) or not point:
+            raise ConfigError(where, wkey, f"expected a non-empty mapping of dotted keys to values, got {point!r}")
+        values = []
+        for key, value in point.items():
+            key = str(key)
+            _swept_key(where, key, f"{wkey}.{key}")
+            values.append((key, _coerce(where, key, value, label=f"{wkey}.{key}")))
+        out.append(tuple(values))
+    seen = set()
+    for i, point in enumerate(out):
+        if repr(sorted(point)) in seen:
+            raise ConfigError(where, f"sweep.points[{i}]", "repeats an earlier point")
+        seen.add(repr(sorted(point)))
+    return tuple(out)
+
+
+def _parse_sweep(where: str, raw: Any) -> tuple[tuple, tuple]:
+    """(grid, points) of a config's sweep: {key: [values]} (a grid), or
+    {points: [...]} and optionally grid: {key: [values]} (each point crossed with the grid)."""
     if raw is None:
-        return ()
+        return (), ()
     if not isinstance(raw, dict):
         raise ConfigError(where, "sweep", "expected a mapping of dotted keys to lists of values")
+    if "points" in raw or "grid" in raw:
+        unknown = [str(k) for k in raw if k not in ("points", "grid")]
+        if unknown:
+            raise ConfigError(
+                where, f"sweep.{unknown[0]}", "with points, the grid's keys go under sweep.grid (or: points, grid)"
+            )
+        grid = _parse_sweep(where, raw["grid"])[0] if raw.get("grid") is not None else ()
+        points = _parse_points(where, raw.get("points"))
+        both = {k for k, _ in grid} & {k for p in points for k, _ in p}
+        if both:
+            raise ConfigError(where, f"sweep.grid.{sorted(both)[0]}", "is also set by sweep.points; set it in one")
+        return grid, points
     out = []
     for key, values in raw.items():
         key = str(key)
         wkey = f"sweep.{key}"
-        if key not in LEAF_KEYS:
-            near = difflib.get_close_matches(key, LEAF_KEYS, n=1, cutoff=0.6)
-            hint = f"; did you mean {near[0]}?" if near else ""
-            raise ConfigError(where, wkey, f"sweeps over a key that does not exist{hint}")
-        if key in UNSWEPT:
-            raise ConfigError(where, wkey, "this key cannot be swept")
+        _swept_key(where, key, wkey)
         if not isinstance(values, list) or not values:
             raise ConfigError(where, wkey, f"expected a non-empty list of values, got {values!r}")
         coerced = tuple(_coerce(where, key, v, label=wkey) for v in values)
         if len(set(map(repr, coerced))) != len(coerced):
             raise ConfigError(where, wkey, "lists a value twice")
         out.append((key, coerced))
-    return tuple(out)
+    return tuple(out), ()
 
 
 def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -270,12 +311,12 @@ def _from_raw(where: str, raw: Any, overrides: list[str]) -> Config:
             raise _unknown(f"--set {expr}", key)
         _coerce(f"--set {expr}", key, value)
         flat[key] = value
-    sweep = _parse_sweep(where, flat.pop("sweep", None))
-    base = _build(where, flat, sweep)
+    sweep, points = _parse_sweep(where, flat.pop("sweep", None))
+    base = _build(where, flat, sweep, points)
     _explicit_vocab = "source.vocab_size" in flat
     if base.source.probs is not None and not _explicit_vocab:
         base = with_values(base, {"source.vocab_size": len(base.source.probs)})
-    if not sweep:  # with a sweep, only the effective configs are run, so only they are checked
+    if not sweep and not points:  # with a sweep, only the effective configs are run, so only they are checked
         validate(where, base, explicit_vocab=_explicit_vocab, swept={})
     for point in sweep_points(base):
         validate(where, point.config, explicit_vocab=_explicit_vocab, swept=dict(point.values))
@@ -308,17 +349,24 @@ def with_values(cfg, values: dict[str, Any]):
 
 
 def sweep_points(cfg: Config) -> list[SweepPoint]:
-    """The grid's product, in the order the sweep lists keys and values."""
+    """The sweep's settings: each explicit point (in the order listed) crossed
+    with the grid's product (in the order the grid lists keys and values).
+    A point's values name every swept key; a key a point does not set takes
+    the base config's value. The effective config, and so a cell's identity,
+    depends only on the values, not on the form that named them."""
     keys = [k for k, _ in cfg.sweep]
     grids = [v for _, v in cfg.sweep]
-    points = []
-    for i, combo in enumerate(itertools.product(*grids)):
-        values = tuple(zip(keys, combo))
-        point = with_values(dataclasses.replace(cfg, sweep=()), dict(values))
-        if "source.probs" in dict(values) and point.source.probs is not None:
-            point = with_values(point, {"source.vocab_size": len(point.source.probs)})
-        points.append(SweepPoint(i, values, point))
-    return points
+    base = dataclasses.replace(cfg, sweep=(), points=())
+    out = []
+    for explicit in cfg.points or ((),):
+        for combo in itertools.product(*grids):
+            given = {**dict(explicit), **dict(zip(keys, combo))}
+            values = tuple((k, given[k] if k in given else cfg.get(k)) for k in cfg.sweep_keys)
+            point = with_values(base, dict(given))
+            if "source.probs" in given and point.source.probs is not None:
+                point = with_values(point, {"source.vocab_size": len(point.source.probs)})
+            out.append(SweepPoint(len(out), values, point))
+    return out
 
 
 # ---------------------------------------------------------------- identity

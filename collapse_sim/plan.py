@@ -55,7 +55,7 @@ class Plan:
 
     @property
     def sweep_keys(self) -> list[str]:
-        return [k for k, _ in self.config.sweep]
+        return self.config.sweep_keys
 
 
 def memory_budget(device=None) -> int:

@@ -246,7 +246,10 @@ def write_markdown(path: Path, run_dir: Path, cfg, info: dict, view: RunView, cr
     """report.md: the run, the criteria in words, the summary table, the figures by relative path."""
     lines = [f"# Report: {cfg.name}", "", f"Run directory `{run_dir}`: {_progress(view, cfg, info)}."]
     if view.sweep_keys:
-        sweep = "; ".join(f"`{k}` in {list(v)}" for k, v in cfg.sweep)
+        sweep = "; ".join(
+            [f"`{k}` in {list(v)}" for k, v in cfg.sweep]
+            + ([f"{len(cfg.points)} explicit points"] if cfg.points else [])
+        )
         lines.append(f"Sweep: {sweep}; {len(view.present)} points.")
     lines += [
         "",

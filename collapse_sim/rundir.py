@@ -161,7 +161,7 @@ def fingerprint(cfg: Config, source_digests: list[str]) -> dict:
     flat = _flat(cfg.to_dict())
     for key in FREE_KEYS + ("generations",) + tuple(unused_model_keys(cfg.model.kind)):
         flat.pop(key, None)
-    if cfg.generate.filter.kind == "none" and not any(k.startswith("generate.filter.") for k, _ in cfg.sweep):
+    if cfg.generate.filter.kind == "none" and not any(k.startswith("generate.filter.") for k in cfg.sweep_keys):
         for key in [k for k in flat if k.startswith("generate.filter.")]:
             del flat[key]
     flat["source.content"] = sorted(set(source_digests))

@@ -103,7 +103,7 @@ def make_view(df: pd.DataFrame, cfg: Config, x: str = "generation") -> RunView:
     run of config `cfg` with their sweep points and x coordinates."""
     if x not in X_AXES:
         raise ConfigError("--x", "", f"must be one of {', '.join(X_AXES)}, got {x!r}")
-    sweep_keys = [k for k, _ in cfg.sweep if k in df.columns]
+    sweep_keys = [k for k in cfg.sweep_keys if k in df.columns]
     df = df.sort_values(["cell", "generation"], kind="stable").reset_index(drop=True)
     point, configs = _tag_points(df, cfg, sweep_keys)
     df["_point"] = point

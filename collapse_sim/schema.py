@@ -146,8 +146,17 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # the grid: (key, values), a product
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # explicit sweep points, each crossed with the grid: ((key, value), ...) per point
+    points: tuple[tuple[tuple[str, Any], ...], ...] = ()
+
+    @property
+    def sweep_keys(self) -> list[str]:
+        """Every swept key: those the points set (in order of first use), then the grid's."""
+        keys = [k for point in self.points for k, _ in point]
+        keys += [k for k, _ in self.sweep]
+        return list(dict.fromkeys(keys))
 
     def get(self, dotted: str) -> Any:
         obj: Any = self
@@ -157,7 +166,9 @@ class Config:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["sweep"] = {k: list(v) for k, v in self.sweep}
+        grid = {k: list(v) for k, v in self.sweep}
+        points = [{k: list(v) if isinstance(v, tuple) else v for k, v in point} for point in d.pop("points")]
+        d["sweep"] = {"grid": grid, "points": points} if points else grid
         if d["source"]["probs"] is not None:
             d["source"]["probs"] = list(d["source"]["probs"])
         return d
@@ -176,7 +187,7 @@ SECTIONS = {
 
 
 def _leaf_keys() -> list[str]:
-    keys = [f.name for f in dataclasses.fields(Config) if f.name not in SECTIONS and f.name != "sweep"]
+    keys = [f.name for f in dataclasses.fields(Config) if f.name not in SECTIONS and f.name not in ("sweep", "points")]
     for section, cls in SECTIONS.items():
         keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls) if f"{section}.{f.name}" not in SECTIONS]
     return keys

@@ -36,8 +36,9 @@ def inspect(run_dir: str | Path, verify: bool = False) -> int:
         ("status", status + (f": {info['error']}" if info.get("error") else "")),
         ("config", config_line),
     ]
-    if cfg is not None and cfg.sweep:
-        lines.append(("sweep", "; ".join(f"{k}: {list(v)}" for k, v in cfg.sweep)))
+    if cfg is not None and (cfg.sweep or cfg.points):
+        parts = [f"{k}: {list(v)}" for k, v in cfg.sweep] + [f"{len(cfg.points)} explicit points"] * bool(cfg.points)
+        lines.append(("sweep", "; ".join(parts)))
     lines.append(("cells", f"{info['cells']:,}" + (f" ({cfg.replicates} replicates per sweep point)" if cfg else "")))
     usable = [c for c in listed if c.meta is not None]
     newest = usable[-1].meta if usable else None

@@ -153,3 +153,77 @@ def test_swept_probs_have_the_identity_of_set_probs(tmp_path):
     point = config.sweep_points(swept)[1].config
     assert point.source.vocab_size == direct.source.vocab_size == 2
     assert config.trajectory_dict(point, "d") == config.trajectory_dict(direct, "d")
+
+
+POINTS = """\
+sweep:
+  grid: {corpus.policy: [replace, accumulate]}
+  points:
+    - {generate.sequences: 100, corpus.train_sequences: 100}
+    - {generate.sequences: 1000, corpus.train_sequences: 1000, generate.temperature: 0.8}
+"""
+
+
+def test_explicit_points_crossed_with_the_grid(tmp_path):
+    """Each point (in order) crossed with the grid; every point names every
+    swept key, a key a point does not set taking the base value; the config
+    written to a run directory reads back the same."""
+    cfg = config.load(write(tmp_path, POINTS))
+    points = config.sweep_points(cfg)
+    assert cfg.sweep_keys == ["generate.sequences", "corpus.train_sequences", "generate.temperature", "corpus.policy"]
+    assert [p.values for p in points[:2]] == [
+        (
+            ("generate.sequences", 100),
+            ("corpus.train_sequences", 100),
+            ("generate.temperature", 1.0),
+            ("corpus.policy", "replace"),
+        ),
+        (
+            ("generate.sequences", 100),
+            ("corpus.train_sequences", 100),
+            ("generate.temperature", 1.0),
+            ("corpus.policy", "accumulate"),
+        ),
+    ]
+    assert len(points) == 4 and points[3].config.generate.temperature == 0.8
+    assert points[3].config.corpus.train_sequences == 1000 and points[3].config.corpus.policy == "accumulate"
+    again = config.load(write(tmp_path, config.dump(cfg), "dumped.yaml"))
+    assert again == cfg
+    only = config.load(write(tmp_path, "sweep: {points: [{generate.sequences: 5}, {generate.sequences: 7}]}\n"))
+    assert [p.config.generate.sequences for p in config.sweep_points(only)] == [5, 7]
+
+
+def test_a_point_has_the_identity_of_the_same_setting_in_a_grid_or_set(tmp_path):
+    digest = "d"
+    named = config.sweep_points(config.load(write(tmp_path, POINTS)))[3].config
+    grid = config.sweep_points(
+        config.load(
+            None,
+            [
+                "generate.sequences=1000",
+                "corpus.train_sequences=1000",
+                "generate.temperature=0.8",
+                "sweep.corpus.policy=[replace, accumulate]",
+            ],
+        )
+    )[1].config
+    assert config.trajectory_dict(named, digest) == config.trajectory_dict(grid, digest)
+
+
+@pytest.mark.parametrize(
+    "text, key, fragment",
+    [
+        ("sweep: {points: []}", "sweep.points", "non-empty list"),
+        ("sweep: {points: [7]}", "sweep.points[0]", "mapping"),
+        ("sweep: {points: [{generate.sequence: 5}]}", "sweep.points[0].generate.sequence", "did you mean"),
+        ("sweep: {points: [{replicates: 5}]}", "sweep.points[0].replicates", "cannot be swept"),
+        ("sweep: {points: [{generate.sequences: many}]}", "sweep.points[0].generate.sequences", "an integer"),
+        ("sweep: {points: [{seed: 1}, {seed: 1}]}", "sweep.points[1]", "repeats"),
+        ("sweep: {points: [{seed: 1}], grid: {seed: [2, 3]}}", "sweep.grid.seed", "also set by sweep.points"),
+        ("sweep: {points: [{seed: 1}], seed: [2, 3]}", "sweep.seed", "under sweep.grid"),
+        ("sweep: {points: [{generate.sequences: 0}]}", "sweep.generate.sequences", "must be >= 1"),
+    ],
+)
+def test_bad_points_name_the_key(tmp_path, text, key, fragment):
+    msg = error(tmp_path, text + "\n")
+    assert f": {key}:" in msg and fragment in msg, msg

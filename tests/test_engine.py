@@ -129,6 +129,29 @@ def test_set_directly_equals_swept(sweep_rows):
     assert_same(swept, direct)
 
 
+def test_an_explicit_point_equals_the_same_setting_in_the_grid(sweep_rows):
+    """A setting named by `sweep.points` (here crossed with a one-value grid)
+    runs the trajectory the grid runs for it."""
+    points = run_rows(
+        load(
+            SWEEP[:-1]
+            + [
+                "sweep={points: [{corpus.policy: mix, generate.sequences: 20}, "
+                "{corpus.policy: replace, generate.sequences: 50}], grid: {generate.temperature: [0.8]}}"
+            ]
+        )
+    )
+    for policy, k in (("mix", 20), ("replace", 50)):
+        swept = sweep_rows[
+            (sweep_rows["corpus.policy"] == policy)
+            & (sweep_rows["generate.sequences"] == k)
+            & (sweep_rows["generate.temperature"] == 0.8)
+        ].reset_index(drop=True)
+        mine = points[(points["corpus.policy"] == policy)].reset_index(drop=True)
+        assert (mine["generate.sequences"] == k).all()
+        assert_same(swept, mine)
+
+
 def test_common_random_numbers_for_the_real_set(sweep_rows):
     """DESIGN §7.2: every sweep point sees the same R for a replicate, so M_0 is the same."""
     g0 = sweep_rows[sweep_rows.generation == 0]
