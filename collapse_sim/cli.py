@@ -2,7 +2,7 @@
 
 A thin shell over the library (`collapse_sim.orchestrate`, `collapse_sim.status`):
 argument parsing, the progress bar and exit codes. Verbs: run, resume,
-inspect, report. Exit codes: 0 done; 2 something for the user to fix (one line on
+plan, inspect, report. Exit codes: 0 done; 2 something for the user to fix (one line on
 stderr naming the file and key: bad input, a damaged run directory, a full or
 unwritable disk); 1 a fault of ours (with a traceback); 128 + signal (130
 Ctrl-C, 143 SIGTERM) stopped with a checkpoint saved, to be continued with
@@ -41,6 +41,14 @@ def cmd_resume(args) -> int:
     except orchestrate.Interrupted as e:
         print(e, file=sys.stderr)
         return 128 + e.signum
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from collapse_sim import preview
+
+    for line in preview.preview(args.config, args.set or [], args.devices, args.memory_budget, args.time):
+        print(line)
     return 0
 
 
@@ -100,6 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("--quiet", action="store_true", help="no progress bar or summary; print only the run directory")
     resume.set_defaults(func=cmd_resume)
+    plan = sub.add_parser(
+        "plan",
+        help="what a run would do, without running it",
+        description="Plan CONFIG without running it: its groups (static shapes), cells, chunks and chunk size, "
+        "the estimated memory per cell by the config key that drives each part and per compiled batch against "
+        "a device's budget, the checkpoint size and the compiled programs. A config that does not fit is an "
+        "error naming the key (exit 2).",
+    )
+    plan.add_argument("config", metavar="CONFIG", help="a YAML config")
+    plan.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key (repeatable)")
+    plan.add_argument("--devices", type=int, metavar="N", help="plan for N devices of this machine's kind")
+    plan.add_argument(
+        "--memory-budget", type=int, metavar="BYTES", help="bytes a device may give (default: what it has)"
+    )
+    plan.add_argument(
+        "--time",
+        action="store_true",
+        help="also compile each group and run two generations of one chunk, and estimate the run's duration",
+    )
+    plan.set_defaults(func=cmd_plan)
     inspect = sub.add_parser(
         "inspect",
         help="print what a run directory holds",

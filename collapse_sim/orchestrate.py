@@ -24,6 +24,7 @@ from collapse_sim import checkpoint, loop, process, reporting, results, rundir
 from collapse_sim import config as cfgmod
 from collapse_sim import plan as planmod
 from collapse_sim.config import Config, ConfigError
+from collapse_sim.preview import describe
 from collapse_sim.progress import ConsoleReporter, Diverged, Reporter
 from collapse_sim.rundir import CONFIG_FILE, FORMAT_VERSION, RUN_FILE, UserError, write_json
 from collapse_sim.signals import Interrupted, Stopper
@@ -49,13 +50,6 @@ def _saver(ckpt: checkpoint.Checkpointer, writer: results.MetricsWriter, plan: p
         ckpt.save(loop.snapshot(plan, chunks), meta)
 
     return save
-
-
-def describe(cfg: Config, plan: planmod.Plan) -> str:
-    return (
-        f"{plan.n_cells} cells ({len(plan.points)} sweep points x {cfg.replicates} replicates) in "
-        f"{len(plan.groups)} group(s), generations 0..{cfg.generations}, {plan.n_devices} device(s)"
-    )
 
 
 def _write_problem(out: Path, e: Exception) -> str:

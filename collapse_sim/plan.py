@@ -148,8 +148,10 @@ def _chunk_size(where: str, spec: GroupSpec, n_cells: int, budget: int, devices:
     return max(nd, chunk // nd * nd)
 
 
-def make_plan(cfg: Config, where: str, devices=None) -> Plan:
-    """Resolve a config into groups of cells; ConfigError if something cannot run."""
+def make_plan(cfg: Config, where: str, devices=None, budget: int | None = None) -> Plan:
+    """Resolve a config into groups of cells; ConfigError if something cannot run.
+
+    budget: bytes a device may give (default: `memory_budget` of the first device)."""
     devices = list(devices if devices is not None else jax.local_devices())
     points = cfgmod.sweep_points(cfg)
     if len(points) * cfg.replicates > MAX_CELLS:
@@ -171,7 +173,7 @@ def make_plan(cfg: Config, where: str, devices=None) -> Plan:
         gkey = (group_spec(point, source, 0), source.digest, c.real.heldout)
         by_key.setdefault(gkey, (source, []))[1].append(point)
     groups = []
-    budget = memory_budget(devices[0])
+    budget = memory_budget(devices[0]) if budget is None else budget
     for (_, _, heldout_n), (source, pts) in by_key.items():
         spec = group_spec(pts[0], source, max(p.config.generate.sequences for p in pts))
         _check(where, spec, cfg.generations, devices[0].platform)
