@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,26 @@ def test_extend_a_finished_run_equals_a_longer_run(tmp_path, reference, capsys):
     assert "already complete" in capsys.readouterr().out
     assert run_cli("resume", out, "--generations", 5) == 2
     assert "can only extend" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_resume_on_another_number_of_devices(tmp_path, reference):
+    """Cells are independent: a run made on 2 devices and extended by a
+    process with 1 device gives the metrics of an uninterrupted 2-device run,
+    bit for bit (elastic resume within one process)."""
+    out = tmp_path / "run"
+    assert (
+        run_cli("run", write(tmp_path, TWO.replace("generations: 9", "generations: 4")), "--out", out, "--quiet") == 0
+    )
+    flags = os.environ["XLA_FLAGS"].replace("device_count=2", "device_count=1")
+    assert "device_count=1" in flags
+    prog = "import sys; from collapse_sim.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = dict(os.environ, XLA_FLAGS=flags, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run(
+        [sys.executable, "-c", prog, "resume", str(out), "--generations", "9", "--quiet"], env=env, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert_same_metrics(out, reference["two"])
 
 
 def test_extend_an_interrupted_run(tmp_path, reference, monkeypatch):
