@@ -58,6 +58,11 @@ class Chunk:
     params: Any = None
 
 
+def padded(cells: list, chunk: int, n_devices: int) -> list:
+    """A chunk's cells padded to its compiled batch with copies of its last cell."""
+    return cells + [cells[-1]] * (batch_size(chunk, n_devices) - len(cells))
+
+
 def initial_chunks(plan: Plan, n_devices: int) -> list[Chunk]:
     chunks = []
     for gi, group in enumerate(plan.groups):
@@ -238,9 +243,8 @@ class _Loop:
         """Run chunk c to `target`; False if stopped early."""
         group, runner = self.plan.groups[c.group], self.runner(c.group)
         if c.params is None:
-            cells = group.cells[c.start : c.stop]
-            padded = cells + [cells[-1]] * (batch_size(group.chunk_size, runner.n_devices) - len(cells))
-            c.params = runner.put(keys.cell_params(padded, group.source.digest, group.spec.family.traced))
+            cells = padded(group.cells[c.start : c.stop], group.chunk_size, runner.n_devices)
+            c.params = runner.put(keys.cell_params(cells, group.source.digest, group.spec.family.traced))
         if c.generation < 0:
             state, out = runner.init(c.params)
         else:

@@ -104,8 +104,7 @@ def time_groups(cfg: Config, plan: planmod.Plan, devices: list) -> list[GroupTim
     for group in plan.groups:
         runner = GroupRunner(group.spec, make_world(group.spec, group.source, group.heldout), devices)
         batch = loop.batch_size(group.chunk_size, len(devices))
-        cells = group.cells[:batch]
-        cells = cells + [cells[-1]] * (batch - len(cells))
+        cells = loop.padded(group.cells[:batch], group.chunk_size, len(devices))
         params = runner.put(keys.cell_params(cells, group.source.digest, group.spec.family.traced))
         t0 = time.perf_counter()
         state, m = runner.init(params)

@@ -69,9 +69,7 @@ def test_the_estimate_covers_what_xla_allocates_within_a_margin(tmp_path):
     ratios = {}
     for group in plan.groups:
         runner = GroupRunner(group.spec, make_world(group.spec, group.source, group.heldout))
-        cells = group.cells + [group.cells[-1]] * (
-            loop.batch_size(group.chunk_size, runner.n_devices) - len(group.cells)
-        )
+        cells = loop.padded(group.cells, group.chunk_size, runner.n_devices)
         params = runner.put(keys.cell_params(cells, group.source.digest, group.spec.family.traced))
         state, _ = runner.init(params)
         stats = runner.programs.step.lower(runner.world, state, np.int32(1), params).compile().memory_analysis()
