@@ -31,7 +31,7 @@ generate:
 corpus: {policy: accumulate_subsample, train_sequences: 30, real_fraction: 0.25}
 checkpoint: {every: 2, keep: 2}
 sweep:
-  generate.filter.kind: [truth, noisy_truth, self, reference, dedup]
+  generate.filter.kind: [noisy_truth, self, reference, dedup]   # truth: noisy_truth's path without the noise
   generate.sequences: [12, 20]
 """
 
@@ -252,7 +252,7 @@ def filtered_run(tmp_path_factory):
 
 def test_every_filter_and_metric_recorded(filtered_run):
     df = load_metrics(filtered_run / "ref")
-    assert set(df["generate.filter.kind"]) == {"truth", "noisy_truth", "self", "reference", "dedup"}
+    assert set(df["generate.filter.kind"]) == {"noisy_truth", "self", "reference", "dedup"}
     assert df["accept_rate"].between(0, 1).all() and (df["admitted"] <= df["generate.sequences"]).all()
     scoring = df[df["generate.filter.kind"] != "dedup"]
     assert (scoring["accept_rate"] <= 0.5 + 1e-6).all()  # keep_fraction 0.5

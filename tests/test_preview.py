@@ -10,7 +10,7 @@ import pytest
 from collapse_sim import keys, loop
 from collapse_sim import plan as planmod
 from collapse_sim.engine import GroupRunner, make_world
-from tests.helpers import ALL, TWO, load, run_cli, write
+from tests.helpers import TWO, load, run_cli, write
 
 
 def test_plan_shows_groups_chunks_memory_and_writes_nothing(tmp_path, capsys):
@@ -62,9 +62,10 @@ def test_time_estimates_the_duration(tmp_path, capsys):
 def test_the_estimate_covers_what_xla_allocates_within_a_margin(tmp_path):
     """Per cell, the planner's estimate is at least what the compiled step
     needs (XLA's memory analysis: arguments, outputs, temporaries) and at most
-    8 times it (1.6-2.7 when measured), for every policy of the n-gram family (the transformer's:
+    8 times it (1.6-2.7 when measured), for an n-gram corpus kept as counts (replace) and one kept as tokens
+    (accumulate_subsample) (the transformer's:
     test_memory_estimate_covers_what_xla_allocates, slow)."""
-    cfg = load([], write(tmp_path, ALL))
+    cfg = load([], write(tmp_path, TWO))
     plan = planmod.make_plan(cfg, "t", jax.local_devices())
     ratios = {}
     for group in plan.groups:
