@@ -11,6 +11,13 @@ items:
   the config fingerprint, the shape, dtype and CRC-32 of every array, and the
   manifest of metric parts written so far (name, rows, bytes, CRC-32).
 
+In a run of several processes each holds a contiguous share of every group's
+cells: an array is saved as one global array sharded over the processes
+(orbax writes each process's piece, and commits the step only when every
+process has written its own), each piece padded to the longest; the meta
+gives each piece's rows and CRC-32 (``pieces``), and a restore on any number
+of processes reads the whole and strips the padding.
+
 Steps are numbered in save order (1, 2, ...), not by generation. orbax writes
 a step under a temporary name and renames it when complete, so a save cut
 short leaves the previous checkpoints untouched; the checksums catch what
@@ -30,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from collapse_sim.distributed import Processes
 from collapse_sim.results import METRICS_DIR, PART_RE, file_crc32
 from collapse_sim.rundir import stamped_path
 
@@ -76,19 +84,67 @@ def step_dirs(run_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def _split(groups: list[dict[str, np.ndarray]]):
-    """The orbax tree (non-empty arrays; orbax refuses zero-size ones) and the
-    description of every array for the metadata."""
-    tree, described = {}, []
-    for i, arrays in enumerate(groups):
-        desc = {}
+def _describe(groups: list[dict[str, np.ndarray]]) -> list[dict]:
+    """Shape, dtype and CRC-32 of every array, for the metadata."""
+    return [
+        {
+            name: {"shape": list(np.shape(a)), "dtype": np.asarray(a).dtype.str, "crc32": crc32(np.asarray(a))}
+            for name, a in arrays.items()
+        }
+        for arrays in groups
+    ]
+
+
+def _merged(per_process: list[list[dict]]) -> list[dict]:
+    """One description from every process's: the whole array's shape (the
+    pieces stacked in process order) and each piece's rows and CRC-32."""
+    out = []
+    for gi, desc in enumerate(per_process[0]):
+        merged = {}
+        for name, d in desc.items():
+            pieces = [p[gi][name] for p in per_process]
+            merged[name] = {
+                "shape": [sum(x["shape"][0] for x in pieces), *d["shape"][1:]],
+                "dtype": d["dtype"],
+                "pieces": [[x["shape"][0], x["crc32"]] for x in pieces],
+            }
+        out.append(merged)
+    return out
+
+
+def _row_bytes(a: np.ndarray) -> np.ndarray:
+    """An array's rows as bytes: (rows, bytes per row) uint8."""
+    a = np.ascontiguousarray(a)
+    return a.view(np.uint8).reshape(len(a), a.itemsize * int(np.prod(a.shape[1:])))
+
+
+def _tree(groups: list[dict[str, np.ndarray]], described: list[dict], processes) -> dict:
+    """The orbax tree: non-empty arrays only (orbax refuses zero-size ones);
+    with several processes, global arrays of padded pieces, one per process."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    if processes.many:
+        firsts = [
+            min((d for d in jax.devices() if d.process_index == i), key=lambda d: d.id) for i in range(processes.count)
+        ]
+        sharding = NamedSharding(Mesh(np.array(firsts), ("processes",)), P("processes"))
+    tree = {}
+    for i, (arrays, desc) in enumerate(zip(groups, described)):
         for name, a in arrays.items():
-            a = np.asarray(a)
-            desc[name] = {"shape": list(a.shape), "dtype": a.dtype.str, "crc32": crc32(a)}
-            if a.size:
-                tree.setdefault(f"group_{i}", {})[name] = a
-        described.append(desc)
-    return tree, described
+            d = desc[name]
+            if not int(np.prod(d["shape"])):
+                continue
+            if processes.many:  # as raw bytes per row: JAX would narrow 64-bit dtypes
+                longest = max(rows for rows, _ in d["pieces"])
+                raw = _row_bytes(np.asarray(a))
+                pad = np.zeros((longest - len(raw), raw.shape[1]), np.uint8)
+                a = jax.make_array_from_process_local_data(
+                    sharding, np.concatenate([raw, pad]), (processes.count * longest, raw.shape[1])
+                )
+            tree.setdefault(f"group_{i}", {})[name] = a
+    return tree
 
 
 class Checkpointer:
@@ -99,8 +155,9 @@ class Checkpointer:
     `SaveError`.
     """
 
-    def __init__(self, run_dir: str | Path, keep: int):
+    def __init__(self, run_dir: str | Path, keep: int, processes=None):
         ocp = _ocp()
+        self.processes = processes or Processes()
         self.run_dir = Path(run_dir)
         self.root = self.run_dir / CKPT_DIR
         self._ocp = ocp
@@ -119,6 +176,7 @@ class Checkpointer:
         except Exception as e:
             raise SaveError(f"{self.root}: cannot open the checkpoint directory ({_reason(e)})") from None
         self.last_saved: int | None = None  # the newest step known complete
+        self.last_meta: dict | None = None  # the metadata of the newest save
         self.pending: int | None = None
 
     def next_step(self) -> int:
@@ -128,8 +186,12 @@ class Checkpointer:
     def save(self, groups: list[dict[str, np.ndarray]], meta: dict) -> int:
         """Start saving a checkpoint; returns its step."""
         self.wait()
-        step = self.next_step()
-        tree, described = _split(groups)
+        procs = self.processes
+        described = _describe(groups)
+        if procs.many:
+            described = _merged(procs.gather("checkpoint-arrays", described))
+        step = procs.broadcast("checkpoint-step", self.next_step() if procs.primary else None)
+        tree = _tree(groups, described, procs)
         meta = dict(
             meta, format=FORMAT, step=step, saved=datetime.now().isoformat(timespec="seconds"), arrays=described
         )
@@ -140,7 +202,7 @@ class Checkpointer:
             )
         except Exception as e:
             raise SaveError(self._failed(step, e)) from None
-        self.pending = step
+        self.pending, self.last_meta = step, meta
         return step
 
     def wait(self) -> None:
@@ -228,11 +290,17 @@ def restore(run_dir: str | Path, step: int) -> tuple[dict, list[dict[str, np.nda
         raise Unusable("its metadata is incomplete") from None
     _check_parts(run_dir, manifest)
     ocp = _ocp()
+    wanted = {
+        f"group_{i}": {
+            name: ocp.RestoreArgs(restore_type=np.ndarray) for name, d in desc.items() if np.prod(d["shape"])
+        }
+        for i, desc in enumerate(described)
+    }
     tree = {}
-    if any(int(np.prod(d["shape"])) for desc in described for d in desc.values()):
-        ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-        try:
-            tree = ckptr.restore((path / "state").absolute())
+    if any(wanted.values()):
+        ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+        try:  # as host arrays, whatever devices and processes wrote them
+            tree = ckptr.restore((path / "state").absolute(), args=ocp.args.PyTreeRestore(restore_args=wanted))
         except Exception as e:
             raise Unusable(f"its arrays cannot be read ({_reason(e)})") from None
         finally:
@@ -240,17 +308,34 @@ def restore(run_dir: str | Path, step: int) -> tuple[dict, list[dict[str, np.nda
     groups = []
     for i, desc in enumerate(described):
         saved = tree.get(f"group_{i}", {}) if isinstance(tree, dict) else {}
-        arrays = {}
-        for name, d in desc.items():
-            shape, dtype = tuple(d["shape"]), np.dtype(d["dtype"])
-            a = np.asarray(saved[name]) if name in saved else np.zeros(shape, dtype)
-            if a.shape != shape or a.dtype != dtype:
-                raise Unusable(f"group {i} array {name} has shape {a.shape} {a.dtype}, expected {shape} {dtype}")
-            if crc32(a) != d["crc32"]:
-                raise Unusable(f"group {i} array {name} fails its checksum (the file is damaged)")
-            arrays[name] = a
-        groups.append(arrays)
+        groups.append({name: _verified(i, name, d, saved.get(name)) for name, d in desc.items()})
     return meta, groups
+
+
+def _verified(group: int, name: str, d: dict, saved) -> np.ndarray:
+    """A saved array checked against its description, its pieces' padding stripped."""
+    shape, dtype = tuple(d["shape"]), np.dtype(d["dtype"])
+    pieces = d.get("pieces")
+    if pieces is None:  # written by one process: the array itself
+        a = np.asarray(saved) if saved is not None else np.zeros(shape, dtype)
+        if a.shape != shape or a.dtype != dtype:
+            raise Unusable(f"group {group} array {name} has shape {a.shape} {a.dtype}, expected {shape} {dtype}")
+        if crc32(a) != d["crc32"]:
+            raise Unusable(f"group {group} array {name} fails its checksum (the file is damaged)")
+        return a
+    longest = max(rows for rows, _ in pieces)
+    row = dtype.itemsize * int(np.prod(shape[1:]))
+    whole = (len(pieces) * longest, row)
+    a = np.asarray(saved) if saved is not None else np.zeros(whole, np.uint8)
+    if a.shape != whole or a.dtype != np.uint8:
+        raise Unusable(f"group {group} array {name} has shape {a.shape} {a.dtype}, expected {whole} uint8")
+    parts = []
+    for p, (rows, crc) in enumerate(pieces):
+        piece = np.ascontiguousarray(a[p * longest : p * longest + rows]).view(dtype).reshape(rows, *shape[1:])
+        if crc32(piece) != crc:
+            raise Unusable(f"group {group} array {name} (process {p}'s piece) fails its checksum (the file is damaged)")
+        parts.append(piece)
+    return np.concatenate(parts)
 
 
 def newest_usable(run_dir: str | Path) -> tuple[int | None, dict | None, list | None, list[tuple[int, str]]]:

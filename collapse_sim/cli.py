@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import traceback
 
 from collapse_sim import process
@@ -20,28 +21,78 @@ from collapse_sim.rundir import UserError
 from collapse_sim.schema import ConfigError
 
 
+def _processes(args):
+    """This process's place in the run: one process, or (--distributed, in
+    the worker) the processes JAX's runtime joins."""
+    from collapse_sim import distributed
+
+    if not args.distributed:
+        return distributed.Processes()
+    launch = distributed.launch_settings(args.coordinator, args.num_processes, args.process_id)
+    return distributed.connect(launch)
+
+
+def _work(args, call) -> int:
+    """Run `call(processes, reporter)`, through a supervising parent when distributed."""
+    from collapse_sim import distributed, supervise
+    from collapse_sim.orchestrate import Interrupted
+    from collapse_sim.progress import ConsoleReporter, Reporter
+
+    if args.distributed and not supervise.is_worker():
+        launch = distributed.launch_settings(args.coordinator, args.num_processes, args.process_id)  # errors first
+        where = getattr(args, "out", None) or getattr(args, "run_dir", None)
+        return supervise.supervise(
+            args.argv, where, distributed.heartbeat_seconds(), launch.coordinator, distributed.connect_seconds()
+        )
+    procs = _processes(args)
+    reporter = ConsoleReporter(args.quiet) if procs.primary else Reporter()
+    try:
+        call(procs, reporter)
+    except Interrupted as e:
+        if procs.primary:
+            print(e, file=sys.stderr)
+        return 128 + e.signum
+    except Exception as e:
+        if procs.many and supervise.PEER_TROUBLE.search(str(e)):
+            # an exchange failed: if a process was lost, the runtime ends this one within
+            # its heartbeat timeout and the supervisor names the process; else this error stands
+            first = str(e).strip().splitlines()[0][:300]
+            print(f"collapse-sim: error: lost contact with the other processes ({first})", file=sys.stderr, flush=True)
+            time.sleep(distributed.heartbeat_seconds() + 5)
+            return 2
+        raise
+    return 0
+
+
 def cmd_run(args) -> int:
     from collapse_sim import orchestrate
-    from collapse_sim.progress import ConsoleReporter
 
-    try:
-        orchestrate.run(args.config, args.set or [], args.out, reporter=ConsoleReporter(args.quiet))
-    except orchestrate.Interrupted as e:
-        print(e, file=sys.stderr)
-        return 128 + e.signum
-    return 0
+    return _work(
+        args, lambda procs, rep: orchestrate.run(args.config, args.set or [], args.out, reporter=rep, processes=procs)
+    )
 
 
 def cmd_resume(args) -> int:
     from collapse_sim import orchestrate
-    from collapse_sim.progress import ConsoleReporter
 
-    try:
-        orchestrate.resume(args.run_dir, args.generations, reporter=ConsoleReporter(args.quiet))
-    except orchestrate.Interrupted as e:
-        print(e, file=sys.stderr)
-        return 128 + e.signum
-    return 0
+    return _work(
+        args, lambda procs, rep: orchestrate.resume(args.run_dir, args.generations, reporter=rep, processes=procs)
+    )
+
+
+def _distributed_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "distributed",
+        "Run with several processes (hosts, or one per GPU) on JAX's runtime: start the same command in every "
+        "process. Without the three flags below, COLLAPSE_SIM_COORDINATOR, COLLAPSE_SIM_NUM_PROCESSES and "
+        "COLLAPSE_SIM_PROCESS_ID are read, then JAX's cluster detection (SLURM, Cloud TPU, ...): "
+        "`srun collapse-sim run CONFIG --distributed`. The run directory must be on a filesystem every process "
+        "shares. A lost process stops the others within COLLAPSE_SIM_HEARTBEAT_SECONDS (default 60), exit 2.",
+    )
+    g.add_argument("--distributed", action="store_true", help="join a multi-process run (jax.distributed)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator")
+    g.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
 
 
 def cmd_plan(args) -> int:
@@ -93,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", metavar="DIR", help="run directory (default runs/<name>-<timestamp>/); must be new or empty"
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary; print only the run directory")
+    _distributed_flags(run)
     run.set_defaults(func=cmd_run)
     resume = sub.add_parser(
         "resume",
@@ -107,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--generations", type=int, metavar="G", help="run to G generations in total (extends a finished run)"
     )
     resume.add_argument("--quiet", action="store_true", help="no progress bar or summary; print only the run directory")
+    _distributed_flags(resume)
     resume.set_defaults(func=cmd_resume)
     plan = sub.add_parser(
         "plan",
@@ -171,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from collapse_sim import corpus, keys
+from collapse_sim.distributed import Processes, share
 from collapse_sim.engine import GroupRunner, make_world
 from collapse_sim.plan import Plan, memory_budget
 from collapse_sim.results import metric_rows
@@ -63,11 +64,13 @@ def padded(cells: list, chunk: int, n_devices: int) -> list:
     return cells + [cells[-1]] * (batch_size(chunk, n_devices) - len(cells))
 
 
-def initial_chunks(plan: Plan, n_devices: int) -> list[Chunk]:
+def initial_chunks(plan: Plan, n_devices: int, processes: Processes | None = None) -> list[Chunk]:
+    """The chunks of this process's share of every group's cells (all of them with one process)."""
     chunks = []
     for gi, group in enumerate(plan.groups):
         size = batch_size(group.chunk_size, n_devices)
-        chunks += [Chunk(gi, s, min(s + size, len(group.cells))) for s in range(0, len(group.cells), size)]
+        lo, hi = share(len(group.cells), processes or Processes())
+        chunks += [Chunk(gi, s, min(s + size, hi)) for s in range(lo, hi, size)]
     return chunks
 
 
@@ -106,14 +109,17 @@ def _check_arrays(gi: int, group, arrays: dict[str, np.ndarray]) -> None:
             )
 
 
-def restored_chunks(plan: Plan, groups: list[dict[str, np.ndarray]], n_devices: int) -> list[Chunk]:
-    """Chunks from a checkpoint's group arrays (`snapshot`), for this plan.
+def restored_chunks(
+    plan: Plan, groups: list[dict[str, np.ndarray]], n_devices: int, processes: Processes | None = None
+) -> list[Chunk]:
+    """Chunks of this process's share of the cells from a checkpoint's group
+    arrays (`snapshot`, every cell of the run), for this plan.
 
-    The chunking may differ from the saved run's (another device count,
-    another memory budget, a longer run): a cell's result does not depend on
-    its batch (DESIGN §7.1). Cells of a group at different generations (a run
-    stopped by a signal) go into different chunks. `Mismatch` when the
-    arrays are not this plan's (names, shapes, cells).
+    The chunking may differ from the saved run's (another device or process
+    count, another memory budget, a longer run): a cell's result does not
+    depend on its batch (DESIGN §7.1). Cells of a group at different
+    generations (a run stopped by a signal) go into different chunks.
+    `Mismatch` when the arrays are not this plan's (names, shapes, cells).
     """
     if len(groups) != len(plan.groups):
         raise Mismatch(f"the checkpoint holds {len(groups)} groups, the plan {len(plan.groups)}")
@@ -128,10 +134,10 @@ def restored_chunks(plan: Plan, groups: list[dict[str, np.ndarray]], n_devices: 
             {k: v for k, v in arrays.items() if k not in ("cell", "generation")}, group.spec.corpus.capacity
         )
         size = batch_size(group.chunk_size, n_devices)
-        start = 0
-        while start < len(cells):
+        start, end = share(len(cells), processes or Processes())
+        while start < end:
             stop = start + 1
-            while stop < len(cells) and stop - start < size and gens[stop] == gens[start]:
+            while stop < end and stop - start < size and gens[stop] == gens[start]:
                 stop += 1
             chunk = Chunk(gi, start, stop, int(gens[start]))
             if chunk.generation >= 0:
@@ -152,7 +158,7 @@ def _host_parts(a, n: int) -> list[np.ndarray]:
         parts = [np.asarray(a)]
     out, have = [], 0
     for p in parts:
-        if have >= n:
+        if have >= n and out:
             break
         out.append(p[: n - have])
         have += len(out[-1])
@@ -160,13 +166,14 @@ def _host_parts(a, n: int) -> list[np.ndarray]:
 
 
 def snapshot(plan: Plan, chunks: list[Chunk]) -> list[dict[str, np.ndarray]]:
-    """Every group's cells as host arrays: cell index, last generation done,
-    and the packed corpus state (`corpus.to_host`). Cells not started hold
-    zeros."""
+    """Every group's cells that `chunks` hold (all of them, or a process's
+    share) as host arrays: cell index, last generation done, and the packed
+    corpus state (`corpus.to_host`). Cells not started hold zeros."""
     out = []
     for gi, group in enumerate(plan.groups):
-        parts, gens = [], []
-        for c in (c for c in chunks if c.group == gi):
+        parts, gens, cells = [], [], []
+        mine = [c for c in chunks if c.group == gi]
+        for c in mine or [Chunk(gi, 0, 0)]:  # a process may hold none of a group's cells
             n = c.stop - c.start
             # a chunk not started holds zeros; an empty synth buffer packs to no rows
             state = corpus.zeros(group.spec.state_shapes(capacity=0), n) if c.state is None else c.state
@@ -175,10 +182,8 @@ def snapshot(plan: Plan, chunks: list[Chunk]) -> list[dict[str, np.ndarray]]:
             )
             parts.append(corpus.to_host(views))
             gens.append(np.full(n, c.generation, np.int32))
-        arrays = {
-            "cell": np.array([c.index for c in group.cells], np.int64),
-            "generation": np.concatenate(gens),
-        }
+            cells += [cell.index for cell in group.cells[c.start : c.stop]]
+        arrays = {"cell": np.array(cells, np.int64), "generation": np.concatenate(gens)}
         for name in parts[0]:
             arrays[name] = np.concatenate([p[name] for p in parts]) if len(parts) > 1 else parts[0][name]
         out.append(arrays)
@@ -272,14 +277,19 @@ def run_plan(
     chunks: list[Chunk] | None = None,
     save: Callable[[list[Chunk], str], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    processes: Processes | None = None,
 ) -> bool:
-    """Run every cell of the plan up to generation G; True when all got there.
+    """Run every cell of the chunks (the plan's, or a process's share) up to
+    generation G; True when all got there.
 
     The run advances in blocks: every chunk runs to the next multiple of
     checkpoint.every (or G), then save(chunks, reason) is called with every
-    cell at that generation. should_stop() is polled between generations; when
-    it turns true the chunk running finishes its generation, save(chunks,
-    "stopped") is called and run_plan returns False.
+    cell at that generation; with several processes the blocks are the same
+    on all (the next stop after the lowest generation of any) and `save` is
+    collective. should_stop() is polled between generations; when it turns
+    true the chunk running finishes its generation, save(chunks, "stopped")
+    is called and run_plan returns False. A `save` that returns True stops
+    the run too (another process stopped).
 
     emit(columns) receives each chunk's rows of each generation;
     advance(n, group=, groups=, chunk=, chunks=, generation=) is called as
@@ -290,17 +300,19 @@ def run_plan(
     chunks = chunks if chunks is not None else initial_chunks(plan, len(devices))
     G, every = plan.config.generations, plan.config.checkpoint.every
     loop = _Loop(plan, chunks, devices, emit, advance, should_stop)
+    processes = processes or Processes()
     while True:
-        behind = [c for c in chunks if c.generation < G]
-        if not behind:
+        lowest = min(processes.gather("lowest", min((c.generation for c in chunks if c.generation < G), default=G)))
+        if lowest >= G:
             return True
-        target = next_stop(min(c.generation for c in behind), every, G)
+        target = next_stop(lowest, every, G)
+        stopped = False
         for c in chunks:
-            if c.generation >= target:
-                continue
-            if should_stop() or not loop.run_chunk(c, target):
-                if save is not None:
-                    save(chunks, "stopped")
-                return False
-        if save is not None:
-            save(chunks, "end" if target == G else "every")
+            if c.generation < target and (should_stop() or not loop.run_chunk(c, target)):
+                stopped = True
+                break
+        reason = "stopped" if stopped else "end" if target == G else "every"
+        if save is not None and save(chunks, reason):  # a collective save: did any process stop?
+            stopped = True
+        if stopped:
+            return False

@@ -10,12 +10,17 @@ progress bar; the library's default says nothing but warnings).
 Errors: `ConfigError` / `UserError` for what the user must fix (the CLI's
 exit 2), `Interrupted` when a signal stopped the run after a checkpoint
 (exit 128 + signal).
+
+With several processes (`distributed.connect`) every process calls the same
+function; each runs its share of the cells and writes its own metric parts,
+process 0 alone writes run.json, config.yaml and the end-of-run files, and
+what they must agree on (the run directory, each checkpoint, a stop) goes
+through `distributed.Processes`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -24,30 +29,46 @@ from collapse_sim import checkpoint, loop, process, reporting, results, rundir
 from collapse_sim import config as cfgmod
 from collapse_sim import plan as planmod
 from collapse_sim.config import Config, ConfigError
+from collapse_sim.distributed import Processes, shared_run_dir
 from collapse_sim.preview import describe
-from collapse_sim.progress import ConsoleReporter, Diverged, Reporter
-from collapse_sim.rundir import CONFIG_FILE, FORMAT_VERSION, RUN_FILE, UserError, write_json
+from collapse_sim.progress import ConsoleReporter, Diverged, Reporter, SharedProgress
+from collapse_sim.rundir import CONFIG_FILE, FORMAT_VERSION, RUN_FILE, UserError, default_out, write_json
 from collapse_sim.signals import Interrupted, Stopper
 
 
 def _saver(ckpt: checkpoint.Checkpointer, writer: results.MetricsWriter, plan: planmod.Plan, fingerprint: dict):
     """The `save` callback of `loop.run_plan`: flush the metric rows, then
     checkpoint every group's state with the metrics manifest and the config
-    fingerprint."""
+    fingerprint (every process's, merged). Returns whether the run stops."""
+    procs = ckpt.processes
 
-    def save(chunks, reason: str) -> None:
+    def save(chunks, reason: str) -> bool:
         writer.flush()
-        gens = [c.generation for c in chunks]
+        mine = {
+            "stopped": reason == "stopped",
+            "gens": [c.generation for c in chunks],
+            "cells_at": loop.cells_at(chunks),
+            "parts": writer.manifest()["parts"],
+        }
+        every = procs.gather("save", mine)
+        gens = [g for p in every for g in p["gens"]]
+        stopped = any(p["stopped"] for p in every)
+        parts = {part["name"]: part for p in every for part in p["parts"]}
+        at: dict[str, int] = {}
+        for p in every:
+            for g, n in p["cells_at"].items():
+                at[g] = at.get(g, 0) + n
         meta = {
-            "reason": reason,
+            "reason": "stopped" if stopped else reason,
             "generation_min": min(gens),
             "generation_max": max(gens),
             "generations": plan.config.generations,
-            "cells_at": loop.cells_at(chunks),
+            "cells_at": dict(sorted(at.items(), key=lambda kv: -int(kv[0]))),
             "fingerprint": fingerprint,
-            "metrics": writer.manifest(),
+            "metrics": {"parts": list(parts.values()), "rows": sum(p["rows"] for p in parts.values())},
         }
         ckpt.save(loop.snapshot(plan, chunks), meta)
+        return stopped
 
     return save
 
@@ -67,33 +88,57 @@ def _finish_quietly(ckpt, writer) -> None:
 
 
 def _execute(
-    out: Path, cfg: Config, plan: planmod.Plan, info: dict, reporter: Reporter, chunks=None, parts=None
+    out: Path,
+    cfg: Config,
+    plan: planmod.Plan,
+    info: dict,
+    reporter: Reporter,
+    chunks=None,
+    parts=None,
+    processes: Processes | None = None,
 ) -> None:
     """Run (or continue) a planned run in `out`: checkpoints, signals, metrics,
-    then the figures and summary. The run directory's lock is held by the caller."""
+    then the figures and summary. The run directory's lock is held by the
+    caller (process 0's). `chunks`: this process's share."""
+    procs = processes or Processes()
     G = cfg.generations
-    chunks = chunks if chunks is not None else loop.initial_chunks(plan, plan.n_devices)
-    remaining = sum((c.stop - c.start) * (G - c.generation) for c in chunks)
+    chunks = chunks if chunks is not None else loop.initial_chunks(plan, plan.n_devices, procs)
+    remaining = sum(procs.gather("remaining", sum((c.stop - c.start) * (G - c.generation) for c in chunks)))
     try:
-        writer = results.MetricsWriter(out, parts=parts)
-        ckpt = checkpoint.Checkpointer(out, cfg.checkpoint.keep)
+        writer = results.MetricsWriter(out, parts=parts, prefix=f"p{procs.index}-" if procs.many else "")
+        ckpt = checkpoint.Checkpointer(out, cfg.checkpoint.keep, procs)
     except (checkpoint.SaveError, OSError) as e:
         raise UserError(_write_problem(out, e)) from None
     save = _saver(ckpt, writer, plan, info["fingerprint"])
+    if procs.many:
+        reporter = shared = SharedProgress(reporter if procs.primary else Reporter(), procs)
+        save_block = save
+
+        def save(chunks, reason: str) -> bool:
+            shared.flush()
+            return save_block(chunks, reason)
+
     diverged = Diverged(reporter, plan.sweep_keys)
 
     def emit(cols: dict) -> None:
         diverged(cols)
         writer.add(cols)
 
+    def write_info() -> None:
+        if procs.primary:
+            write_json(out / RUN_FILE, info)
+
     t0 = time.perf_counter()
     info.update(status="running", generations=G)
-    write_json(out / RUN_FILE, info)
-    stopper = Stopper(out, info)
+    write_info()
+    stopper = Stopper(out, info if procs.primary else None)
+    should_stop = procs.stop_check(stopper.requested)
     reporter.start(remaining, plan.n_cells, G)
     try:
         with stopper:
-            done = loop.run_plan(plan, emit, reporter.advance, chunks=chunks, save=save, should_stop=stopper.requested)
+            done = loop.run_plan(
+                plan, emit, reporter.advance, chunks=chunks, save=save, should_stop=should_stop, processes=procs
+            )
             reporter.close()
             ckpt.close()  # the last save is on disk before we say anything
         writer.close()
@@ -102,7 +147,7 @@ def _execute(
         _finish_quietly(ckpt, writer)
         disk = isinstance(e, (checkpoint.SaveError, OSError))
         info.update(status="failed", **({"error": str(e)} if disk else {}))
-        write_json(out / RUN_FILE, info)
+        write_info()
         if disk:
             raise UserError(
                 f"{_write_problem(out, e)}. Fix it, then continue with: collapse-sim resume {out}"
@@ -111,18 +156,19 @@ def _execute(
     seconds = time.perf_counter() - t0
     info["seconds"] = round(info.get("seconds", 0) + seconds, 3)
     if not done:
-        info.update(status="interrupted", generation=min(c.generation for c in chunks))
-        write_json(out / RUN_FILE, info)
+        info.update(status="interrupted", generation=ckpt.last_meta["generation_min"])
+        write_info()
         raise Interrupted(
-            f"collapse-sim: stopped with {rundir.at_text(loop.cells_at(chunks))}; checkpoint {ckpt.last_saved} "
+            f"collapse-sim: stopped with {rundir.at_text(ckpt.last_meta['cells_at'])}; checkpoint {ckpt.last_saved} "
             f"saved. Continue with: collapse-sim resume {out}",
             stopper.signum,
             out,
         )
     info.update(status="complete", generation=G, finished=datetime.now().isoformat(timespec="seconds"))
     info.pop("error", None)
-    write_json(out / RUN_FILE, info)
-    _finish(out, cfg, plan, seconds, reporter)
+    write_info()
+    if procs.primary:
+        _finish(out, cfg, plan, seconds, reporter)
 
 
 def _finish(out: Path, cfg: Config, plan: planmod.Plan, seconds: float, reporter: Reporter) -> None:
@@ -141,33 +187,6 @@ def _finish(out: Path, cfg: Config, plan: planmod.Plan, seconds: float, reporter
     reporter.notice(f"run directory: {out}")
 
 
-def default_out(name: str) -> Path:
-    """runs/<name>-<timestamp>/ (a name is never a path)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "run"
-    return rundir.stamped_path(Path("runs"), name)
-
-
-def _check_new_run_dir(out: Path) -> None:
-    """Refuse a directory that holds anything: runs are never overwritten."""
-    if out.exists():
-        if not out.is_dir():
-            raise UserError(f"{out}: --out exists and is not a directory")
-        if (out / RUN_FILE).exists():
-            raise UserError(
-                f"{out}: already holds a run; choose another --out (runs are never overwritten), "
-                f"or continue it with: collapse-sim resume {out}"
-            )
-        if any(out.iterdir()):
-            raise UserError(f"{out}: --out is a non-empty directory that is not a run; choose an empty or new one")
-
-
-def _make_run_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{out}: cannot create the run directory ({e.strerror or e})") from None
-
-
 def _prepare() -> None:
     process.configure_compilation_cache()
     process.configure_logging_and_hooks()
@@ -179,24 +198,29 @@ def run(
     out: str | Path | None = None,
     quiet: bool = True,
     reporter: Reporter | None = None,
+    processes: Processes | None = None,
 ) -> Path:
     """Run every cell of a config (a YAML path, or a `Config`) to generation G
     in a new run directory (`out`, default runs/<name>-<timestamp>/, which
     must be new or empty); returns its path. `overrides`: ``key.path=value``
     strings, as the CLI's --set. `quiet=False` shows a progress bar and the
-    summary (with `reporter` unset)."""
+    summary (with `reporter` unset). `processes`: this process's place in a
+    distributed run (`distributed.connect`); every process calls `run`."""
+    procs = processes or Processes()
     where = "<config>" if isinstance(config, Config) else str(config)
-    cfg = cfgmod.resolve(config, list(overrides))
-    out = Path(out) if out is not None else default_out(cfg.name)
-    _check_new_run_dir(out)
+    cfg = procs.all_ok("config", lambda: cfgmod.resolve(config, list(overrides)))
+    procs.same("config-text", cfgmod.dump(cfg), "the resolved config (file and --set)")
+    out = Path(
+        procs.broadcast("out", str(out if out is not None else default_out(cfg.name)) if procs.primary else None)
+    )
+    procs.agree("out-check", lambda: rundir.check_new_run_dir(out))
     reporter = reporter or _default_reporter(quiet)
     _prepare()
-    plan = planmod.make_plan(cfg, where)
-    _make_run_dir(out)
+    plan = procs.all_ok("plan", lambda: planmod.make_plan(cfg, where))
     lock = rundir.RunLock(out)
-    lock.acquire()
+    procs.agree("run-dir", lambda: (rundir.make_run_dir(out), lock.acquire()))
     try:
-        rundir.write_text(out / CONFIG_FILE, cfgmod.dump(cfg))
+        shared_run_dir(out, procs, made=True)
         info = {
             "format": FORMAT_VERSION,
             "status": "running",
@@ -204,40 +228,85 @@ def run(
             "cells": plan.n_cells,
             "generations": cfg.generations,
             "sweep_keys": plan.sweep_keys,
-            "devices": plan.n_devices,
+            "devices": plan.n_devices * procs.count,
+            "processes": procs.count,
             "started": datetime.now().isoformat(timespec="seconds"),
             "fingerprint": rundir.fingerprint(cfg, [g.source.digest for g in plan.groups]),
         }
-        write_json(out / RUN_FILE, info)
-        every = cfg.checkpoint.every
-        saves = f"checkpoints every {every} generations" if every else "a checkpoint at the end"
-        reporter.info(f"collapse-sim: {cfg.name}: {describe(cfg, plan)}, {saves} -> {out}")
-        _execute(out, cfg, plan, info, reporter)
+        if procs.primary:
+            rundir.write_text(out / CONFIG_FILE, cfgmod.dump(cfg))
+            write_json(out / RUN_FILE, info)
+            every = cfg.checkpoint.every
+            saves = f"checkpoints every {every} generations" if every else "a checkpoint at the end"
+            reporter.info(f"collapse-sim: {cfg.name}: {describe(cfg, plan, procs.count)}, {saves} -> {out}")
+        _execute(out, cfg, plan, info, reporter, processes=procs)
     finally:
         lock.release()
     return out
 
 
 def resume(
-    run_dir: str | Path, generations: int | None = None, quiet: bool = True, reporter: Reporter | None = None
+    run_dir: str | Path,
+    generations: int | None = None,
+    quiet: bool = True,
+    reporter: Reporter | None = None,
+    processes: Processes | None = None,
 ) -> Path:
     """Continue a run from its newest usable checkpoint to its G, or extend it
     to `generations`; returns its path. Results equal those of a run never
-    interrupted (DESIGN §7.3)."""
+    interrupted (DESIGN §7.3), on any number of processes (`processes`, as
+    for `run`) and devices."""
+    procs = processes or Processes()
     out = Path(run_dir)
-    info = rundir.read_info(out)
+    procs.same("resume-target", [str(out), generations], "RUN_DIR or --generations")
+    info = procs.all_ok("run-dir", lambda: rundir.read_info(out))
     reporter = reporter or _default_reporter(quiet)
     lock = rundir.RunLock(out)
-    lock.acquire()
+    procs.agree("lock", lock.acquire)
     try:
-        _resume(out, info, generations, reporter)
+        shared_run_dir(out, procs, made=False)
+        _resume(out, info, generations, reporter, procs)
     finally:
         lock.release()
     return out
 
 
-def _resume(out: Path, info: dict, generations: int | None, reporter: Reporter) -> None:
+def _resume(out: Path, info: dict, generations: int | None, reporter: Reporter, procs: Processes) -> None:
     _prepare()
+    ready = procs.all_ok("resume", lambda: _resumable(out, info, generations, reporter, procs))
+    if ready is None:
+        return
+    cfg, plan, step, meta, chunks, unusable = ready
+    # from here on the run directory changes (process 0 changes it; the others wait)
+    manifest = meta["metrics"] if meta else {"parts": [], "rows": 0}
+    if procs.primary:
+        for s, why in unusable:
+            dest = checkpoint.set_aside(out, s)
+            reporter.warn(f"collapse-sim: checkpoint {s} is unusable ({why}); moved to {dest}")
+        n_parts, n_rows = results.prune(out, manifest)
+        info.update(processes=procs.count, devices=plan.n_devices * procs.count)  # this session's
+        if target_changed := cfg.generations != info["generations"]:
+            info["generations"] = cfg.generations
+        write_json(out / RUN_FILE, info)
+        if target_changed:
+            rundir.write_text(out / CONFIG_FILE, cfgmod.dump(cfg))
+        frm = (
+            f"checkpoint {step} ({rundir.at_text(meta['cells_at'])})" if step else "the start (no checkpoint was saved)"
+        )
+        reporter.info(
+            f"collapse-sim: resuming {info['name']} from {frm} to generation {cfg.generations}: "
+            f"{describe(cfg, plan, procs.count)}"
+            + (f"; dropped {n_rows:,} metric rows written after it (recomputed)" if n_parts else "")
+        )
+    info.update(processes=procs.count, devices=plan.n_devices * procs.count, generations=cfg.generations)
+    procs.barrier("resume-ready")
+    _execute(out, cfg, plan, info, reporter, chunks=chunks, parts=manifest["parts"], processes=procs)
+
+
+def _resumable(out: Path, info: dict, generations: int | None, reporter: Reporter, procs: Processes):
+    """What a resume continues from, checked before anything changes:
+    (config, plan, step, meta, this process's chunks, unusable newer steps),
+    or None when there is nothing to do."""
     where = str(out / CONFIG_FILE)
     cfg = cfgmod.load(out / CONFIG_FILE)
     if cfg.generations != info["generations"]:
@@ -289,32 +358,17 @@ def _resume(out: Path, info: dict, generations: int | None, reporter: Reporter) 
             "(only --generations may change). Start a new run for a new config",
         )
     if step is not None and done >= target and not unusable:
-        reporter.notice(
-            f"{out}: already complete at generation {target}; nothing to do "
-            f"(extend it with: collapse-sim resume {out} --generations N)"
-        )
-        return
+        if procs.primary:
+            reporter.notice(
+                f"{out}: already complete at generation {target}; nothing to do "
+                f"(extend it with: collapse-sim resume {out} --generations N)"
+            )
+        return None
     try:
-        chunks = loop.restored_chunks(plan, groups, plan.n_devices) if groups is not None else None
+        chunks = loop.restored_chunks(plan, groups, plan.n_devices, procs) if groups is not None else None
     except loop.Mismatch as e:
         raise UserError(f"{out}: checkpoint {step} does not fit this run ({e}); nothing was changed") from None
-
-    # from here on the run directory changes
-    for s, why in unusable:
-        dest = checkpoint.set_aside(out, s)
-        reporter.warn(f"collapse-sim: checkpoint {s} is unusable ({why}); moved to {dest}")
-    manifest = meta["metrics"] if meta else {"parts": [], "rows": 0}
-    n_parts, n_rows = results.prune(out, manifest)
-    if target != info["generations"]:
-        info["generations"] = target
-        write_json(out / RUN_FILE, info)
-        rundir.write_text(out / CONFIG_FILE, cfgmod.dump(cfg))
-    frm = f"checkpoint {step} ({rundir.at_text(meta['cells_at'])})" if step else "the start (no checkpoint was saved)"
-    reporter.info(
-        f"collapse-sim: resuming {info['name']} from {frm} to generation {target}: {describe(cfg, plan)}"
-        + (f"; dropped {n_rows:,} metric rows written after it (recomputed)" if n_parts else "")
-    )
-    _execute(out, cfg, plan, info, reporter, chunks=chunks, parts=manifest["parts"])
+    return cfg, plan, step, meta, chunks, unusable
 
 
 def _default_reporter(quiet: bool) -> Reporter:

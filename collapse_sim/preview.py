@@ -22,11 +22,14 @@ from collapse_sim.engine import GroupRunner, make_world
 from collapse_sim.rundir import UserError, format_bytes
 
 
-def describe(cfg: Config, plan: planmod.Plan) -> str:
+def describe(cfg: Config, plan: planmod.Plan, processes: int = 1) -> str:
     """The one-line summary `collapse-sim run` prints before it starts."""
+    where = f"{plan.n_devices} device(s)"
+    if processes > 1:
+        where = f"{processes} processes x {plan.n_devices} device(s)"
     return (
         f"{plan.n_cells} cells ({len(plan.points)} sweep points x {cfg.replicates} replicates) in "
-        f"{len(plan.groups)} group(s), generations 0..{cfg.generations}, {plan.n_devices} device(s)"
+        f"{len(plan.groups)} group(s), generations 0..{cfg.generations}, {where}"
     )
 
 

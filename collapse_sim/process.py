@@ -4,6 +4,7 @@
 - `configure_compilation_cache`: JAX's persistent compilation cache on disk.
 - `configure_logging_and_hooks`: orbax's logs quieted and tensorstore's
   closed-loop echoes dropped, so a failed save is reported in one line.
+- `use_cpu_collectives`: gloo for CPU devices across processes (distributed runs).
 """
 
 from __future__ import annotations
@@ -49,6 +50,18 @@ def configure_compilation_cache() -> None:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     jax.config.update("jax_compilation_cache_dir", os.path.join(base, "collapse_sim", "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def use_cpu_collectives() -> None:
+    """Cross-process collectives of CPU devices through gloo (orbax's
+    barriers of a multi-process checkpoint run on every device); before the
+    backends start."""
+    import jax
+
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except AttributeError:  # pragma: no cover - a JAX without the option
+        pass
 
 
 def is_closed_loop_echo(exc_type, exc, tb) -> bool:

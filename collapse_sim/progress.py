@@ -6,6 +6,7 @@ bar), and the watch for cells whose training diverged."""
 from __future__ import annotations
 
 import sys
+import time
 
 from rich.progress import (
     BarColumn,
@@ -39,6 +40,56 @@ class Reporter:
 
     def warn(self, text: str) -> None:
         print(text, file=sys.stderr)
+
+
+class SharedProgress(Reporter):
+    """A distributed run's progress: every process counts what it finishes
+    into the runtime's shared counter (at most twice a second), and process
+    0's reporter (`inner`) advances by the run's total; the other processes
+    pass a silent `Reporter`."""
+
+    def __init__(self, inner: Reporter, processes, every: float = 0.5):
+        self.inner, self.processes, self.every = inner, processes, every
+        self.pending, self.shown, self.last = 0, 0, 0.0
+        self.where: dict = {}  # the newest position, for the bar's text
+
+    def start(self, total: int, cells: int, generations: int) -> None:
+        self.inner.start(total, cells, generations)
+
+    def advance(self, n: int, **where) -> None:
+        self.pending, self.where = self.pending + n, where
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self._sync()
+            self.last = now
+
+    def flush(self) -> None:
+        """Count what this process finished (before each checkpoint, so that
+        the total after the last one is the run's)."""
+        if self.pending:
+            self.processes.add_progress(self.pending)
+            self.pending = 0
+
+    def _sync(self) -> None:
+        self.flush()
+        if self.processes.primary and self.where:
+            total = self.processes.progress() or 0
+            if total > self.shown:
+                self.inner.advance(total - self.shown, **self.where)
+                self.shown = total
+
+    def close(self) -> None:
+        self._sync()
+        self.inner.close()
+
+    def info(self, text: str) -> None:
+        self.inner.info(text)
+
+    def notice(self, text: str) -> None:
+        self.inner.notice(text)
+
+    def warn(self, text: str) -> None:
+        self.inner.warn(text)
 
 
 class Diverged:

@@ -1,8 +1,10 @@
 """Metrics on disk: Parquet parts written incrementally, read back as one DataFrame.
 
-A run directory holds ``metrics/part-NNNNN.parquet`` files. Each part is
-written to a temporary name and renamed into place, so a part is either whole
-or absent, whatever interrupts the run.
+A run directory holds ``metrics/part-NNNNN.parquet`` files (in a run of
+several processes, process i writes ``part-p<i>-NNNNN.parquet``, so no two
+processes write the same name). Each part is written to a temporary name and
+renamed into place, so a part is either whole or absent, whatever interrupts
+the run.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 METRICS_DIR = "metrics"
-PART_RE = re.compile(r"part-(\d{5,})\.parquet")
+PART_RE = re.compile(r"part-(?:p(\d+)-)?(\d{5,})\.parquet")
 FLUSH_ENV = "COLLAPSE_SIM_FLUSH_SECONDS"
 
 
@@ -73,11 +75,17 @@ class MetricsWriter:
     A part is written when `rows_per_part` rows are buffered, when `seconds`
     have passed since the last flush, or on `flush`/`close`. `parts` is the
     manifest of the parts already in the run (a checkpoint's, on resume);
-    `manifest()` extends it with every part this writer wrote.
+    `manifest()` extends it with every part this writer wrote. `prefix`
+    names this process's parts ("p1-" for process 1 of a distributed run).
     """
 
     def __init__(
-        self, run_dir: str | Path, rows_per_part: int = 200_000, seconds: float | None = None, parts: list | None = None
+        self,
+        run_dir: str | Path,
+        rows_per_part: int = 200_000,
+        seconds: float | None = None,
+        parts: list | None = None,
+        prefix: str = "",
     ):
         self.dir = Path(run_dir) / METRICS_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +95,11 @@ class MetricsWriter:
         self._rows = 0
         self._last = time.monotonic()
         self.parts = list(parts or [])
-        numbers = [int(m.group(1)) for p in self.dir.iterdir() if (m := PART_RE.fullmatch(p.name))]
+        self.prefix = prefix
+        process = prefix[1:-1] if prefix else None  # "p1-" -> "1"
+        numbers = [
+            int(m.group(2)) for p in self.dir.iterdir() if (m := PART_RE.fullmatch(p.name)) and m.group(1) == process
+        ]
         self._next = max(numbers) + 1 if numbers else 0
 
     def add(self, columns: dict) -> None:
@@ -101,7 +113,7 @@ class MetricsWriter:
         if not self._tables:
             return
         table = pa.concat_tables(self._tables, promote_options="default")
-        path = self.dir / f"part-{self._next:05d}.parquet"
+        path = self.dir / f"part-{self.prefix}{self._next:05d}.parquet"
         tmp = path.with_suffix(".parquet.tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, path)

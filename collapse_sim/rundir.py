@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -190,3 +191,30 @@ def format_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def default_out(name: str) -> Path:
+    """runs/<name>-<timestamp>/ (a name is never a path)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "run"
+    return stamped_path(Path("runs"), name)
+
+
+def check_new_run_dir(out: Path) -> None:
+    """Refuse a directory that holds anything: runs are never overwritten."""
+    if out.exists():
+        if not out.is_dir():
+            raise UserError(f"{out}: --out exists and is not a directory")
+        if (out / RUN_FILE).exists():
+            raise UserError(
+                f"{out}: already holds a run; choose another --out (runs are never overwritten), "
+                f"or continue it with: collapse-sim resume {out}"
+            )
+        if any(out.iterdir()):
+            raise UserError(f"{out}: --out is a non-empty directory that is not a run; choose an empty or new one")
+
+
+def make_run_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{out}: cannot create the run directory ({e.strerror or e})") from None

@@ -25,7 +25,9 @@ class Stopper:
 
     NAMES = {signal.SIGINT: "interrupt (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
 
-    def __init__(self, out: Path, info: dict):
+    def __init__(self, out: Path, info: dict | None):
+        """`info`: run.json's contents, written as "interrupted" on a second
+        signal (None: another process writes run.json)."""
         self.out, self.info = out, info
         self.signum: int | None = None
         self._old: dict = {}
@@ -59,6 +61,7 @@ class Stopper:
             flush=True,
         )
         try:
-            write_json(self.out / RUN_FILE, dict(self.info, status="interrupted"))
+            if self.info is not None:
+                write_json(self.out / RUN_FILE, dict(self.info, status="interrupted"))
         finally:
             os._exit(128 + signum)

@@ -40,6 +40,10 @@ def inspect(run_dir: str | Path, verify: bool = False) -> int:
         parts = [f"{k}: {list(v)}" for k, v in cfg.sweep] + [f"{len(cfg.points)} explicit points"] * bool(cfg.points)
         lines.append(("sweep", "; ".join(parts)))
     lines.append(("cells", f"{info['cells']:,}" + (f" ({cfg.replicates} replicates per sweep point)" if cfg else "")))
+    procs = info.get("processes", 1)
+    lines.append(
+        ("processes", f"{procs}" + (" (distributed)" if procs > 1 else "") + f", {info.get('devices', '?')} device(s)")
+    )
     usable = [c for c in listed if c.meta is not None]
     newest = usable[-1].meta if usable else None
     if info.get("status") == "complete":
