@@ -9,13 +9,14 @@ generation, `replace`), run as real `collapse-sim run` processes with
 forced XLA CPU devices, and as two processes on the loopback interface
 (`--distributed`), each with its own devices.
 
-A layout's throughput is the steady state of its generation loop: each
-(cells, layout) runs to G = 1 and to G = 1 + EXTRA generations, and the
-throughput is cells x EXTRA / (loop seconds(G long) - loop seconds(G = 1)),
-the loop seconds being what run.json records (compiling included in both,
-so it cancels; the import, the planning and the end-of-run figures are not
-in them). The persistent compilation cache is warmed by a first run of each
-layout. Medians of `--repeats` pairs.
+A layout's throughput is that of its generation loop, compiled: every
+process of the layout (a real Python process, `collapse_sim.run` through
+the library, joined by `distributed.connect` when there are two) runs the
+config twice in a row; the second run reuses the compiled programs of the
+first (in-process program reuse), so its loop seconds in run.json (the
+loop and its final checkpoint; not the import, the planning or the
+end-of-run figures) are the steady state. Throughput = cells x (G + 1) /
+those seconds. Medians over `--repeats` launches.
 
 Prints a table, writes benchmarks/results/scaling.json and appends rows to
 benchmarks/RESULTS.md.
@@ -45,7 +46,7 @@ CONFIG = """\
 name: scaling
 seed: 0
 replicates: {cells}
-generations: 1
+generations: {generations}
 source: {{kind: markov, vocab_size: 64, order: 1, seed: 0}}
 real: {{sequences: {n}, seq_len: 64, heldout: 256}}
 model: {{order: 2, smoothing: 0.01}}
@@ -64,45 +65,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_once(cfg: Path, out: Path, processes: int, devices: int, generations: int, cache: str) -> float:
-    """Loop seconds of one `collapse-sim run` (all processes started together)."""
+def worker(cfg: str, out: str, processes: int, index: int, port: int) -> None:
+    """One process of a layout: the config twice, the second timed."""
+    from collapse_sim import distributed, orchestrate
+
+    procs = distributed.Processes()
+    if processes > 1:
+        procs = distributed.connect(distributed.Launch(f"127.0.0.1:{port}", processes, index))
+    orchestrate.run(cfg, out=f"{out}/warm", processes=procs)
+    orchestrate.run(cfg, out=f"{out}/timed", processes=procs)
+
+
+def launch(cfg: Path, out: Path, processes: int, devices: int, cache: str) -> float:
+    """Loop seconds of the timed run of one layout (all its processes started together)."""
     env = dict(
         os.environ,
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
         JAX_COMPILATION_CACHE_DIR=cache,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )
-    base = [sys.executable, "-m", "collapse_sim.cli", "run", str(cfg), "--out", str(out), "--quiet"]
-    base += ["--set", f"generations={generations}"]
-    if processes == 1:
-        cmds = [base]
-    else:
-        port = free_port()
-        cmds = [
-            base
-            + ["--distributed", "--coordinator", f"127.0.0.1:{port}"]
-            + ["--num-processes", str(processes), "--process-id", str(i)]
-            for i in range(processes)
-        ]
+    port = free_port()
+    cmds = [
+        [sys.executable, __file__, "--worker", str(cfg), str(out), str(processes), str(i), str(port)]
+        for i in range(processes)
+    ]
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in cmds]
     for p in procs:
         _, err = p.communicate()
         if p.returncode != 0:
             raise RuntimeError(f"{' '.join(cmds[0])}: exit {p.returncode}: {err.decode()[-2000:]}")
-    return float(json.loads((out / "run.json").read_text())["seconds"])
+    return float(json.loads((out / "timed" / "run.json").read_text())["seconds"])
 
 
-def measure(cells: int, n: int, layout, extra: int, repeats: int, work: Path, cache: str) -> dict:
+def measure(cells: int, n: int, layout, generations: int, repeats: int, work: Path, cache: str) -> dict:
     processes, devices = layout
     cfg = work / f"c{cells}.yaml"
-    cfg.write_text(CONFIG.format(cells=cells, n=n))
-    tag = f"{cells}-{processes}x{devices}"
-    run_once(cfg, work / f"warm-{tag}", processes, devices, 1, cache)  # compile into the cache
-    rates = []
-    for r in range(repeats):
-        short = run_once(cfg, work / f"s-{tag}-{r}", processes, devices, 1, cache)
-        long = run_once(cfg, work / f"l-{tag}-{r}", processes, devices, 1 + extra, cache)
-        rates.append(cells * extra / max(long - short, 1e-9))
+    cfg.write_text(CONFIG.format(cells=cells, n=n, generations=generations))
+    rates = [
+        cells * (generations + 1) / launch(cfg, work / f"{cells}-{processes}x{devices}-{r}", processes, devices, cache)
+        for r in range(repeats)
+    ]
     return {"cells": cells, "processes": processes, "devices": devices, "cell_gens_per_s": float(np.median(rates))}
 
 
@@ -111,8 +113,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="N = 256 sequences, 1 and 16 cells, 1 repeat")
     ap.add_argument("--full", action="store_true", help="also 4096 cells (long on 2 cores)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--extra", type=int, default=4, help="generations beyond the first in the long run")
+    ap.add_argument("--generations", type=int, default=4, help="G of the timed runs")
+    ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        cfg, out, processes, index, port = args.worker
+        worker(cfg, out, int(processes), int(index), int(port))
+        return
     n = 256 if args.quick else 4096
     sizes = [1, 16] if args.quick else [1, 16, 256] + ([4096] if args.full else [])
     repeats = 1 if args.quick else args.repeats
@@ -123,7 +130,7 @@ def main() -> None:
         for cells in sizes:
             for layout in LAYOUTS:
                 t = time.perf_counter()
-                row = measure(cells, n, layout, args.extra, repeats, work, cache)
+                row = measure(cells, n, layout, args.generations, repeats, work, cache)
                 rows.append(row)
                 print(
                     f"{cells:>6} cells  {layout[0]} process(es) x {layout[1]} device(s): "
@@ -143,7 +150,7 @@ def main() -> None:
     result = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
-        "setting": {"V": 64, "N": n, "L": 64, "policy": "replace", "extra_generations": args.extra},
+        "setting": {"V": 64, "N": n, "L": 64, "policy": "replace", "generations": args.generations},
         "quick": args.quick,
         "rows": rows,
     }

@@ -64,6 +64,16 @@ def padded(cells: list, chunk: int, n_devices: int) -> list:
     return cells + [cells[-1]] * (batch_size(chunk, n_devices) - len(cells))
 
 
+def fit_to_share(plan: Plan, processes: Processes) -> None:
+    """Cap each group's chunk size at this process's share of its cells
+    (rounded up to the devices): a batch padded past the share would compute
+    copies. Nothing changes with one process (a chunk never exceeds the group)."""
+    nd = plan.n_devices
+    for group in plan.groups:
+        lo, hi = share(len(group.cells), processes)
+        group.chunk_size = max(nd, min(group.chunk_size, -(-(hi - lo) // nd) * nd))
+
+
 def initial_chunks(plan: Plan, n_devices: int, processes: Processes | None = None) -> list[Chunk]:
     """The chunks of this process's share of every group's cells (all of them with one process)."""
     chunks = []

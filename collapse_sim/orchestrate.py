@@ -217,6 +217,7 @@ def run(
     reporter = reporter or _default_reporter(quiet)
     _prepare()
     plan = procs.all_ok("plan", lambda: planmod.make_plan(cfg, where))
+    loop.fit_to_share(plan, procs)
     lock = rundir.RunLock(out)
     procs.agree("run-dir", lambda: (rundir.make_run_dir(out), lock.acquire()))
     try:
@@ -340,6 +341,7 @@ def _resumable(out: Path, info: dict, generations: int | None, reporter: Reporte
         if e.key == "generations" and generations is not None:
             raise ConfigError("--generations", "", e.message) from None
         raise
+    loop.fit_to_share(plan, procs)
     now_fp = rundir.fingerprint(cfg, [g.source.digest for g in plan.groups])
     if not isinstance(saved_fp, dict):
         raise UserError(f"{out / RUN_FILE}: fingerprint: missing; cannot tell whether config.yaml was changed")
