@@ -205,6 +205,59 @@ def _top_rows(key, n_valid, size, take):
     return jax.lax.top_k(score, take)[1]
 
 
+WINDOW = 4  # distinct_rows ranks at most WINDOW * m slots
+
+
+def distinct_rows(key, n_valid, size, take, bounds=None):
+    """`take` distinct row indices drawn uniformly without replacement from
+    [0, n_valid) (n_valid >= take, slots beyond `size` never valid), in
+    uniformly random order, in time and memory O(WINDOW take) whatever
+    `size` (a corpus buffer that grows with the run).
+
+    While n_valid <= WINDOW take: `_top_rows` over the first WINDOW take
+    slots (where every valid row lies); a slot's score depends only on (key,
+    slot), so this is exactly the draw of `_top_rows` over the whole buffer
+    (0.2's sampler). Beyond: draw take indices with replacement, then redraw
+    every repeat of an index already drawn at an earlier position, until
+    none is left (a draw collides with probability below 1/WINDOW: a few
+    rounds). Every step treats all indices alike, so the ordered result is
+    uniform over the ordered tuples of distinct indices, the exact law of a
+    draw without replacement (chi-square tests in tests/test_corpus.py).
+
+    Under vmap a per-cell choice runs both ways; `bounds` = (lowest,
+    highest) n_valid of the batch (unbatched) runs only the way every cell
+    takes when they agree. A cell's draw is the same either way.
+    """
+    window = min(size, WINDOW * take)
+
+    def repeats(idx):
+        order = jnp.argsort(idx, stable=True)  # equal indices in position order
+        s = idx[order]
+        later = jnp.concatenate([jnp.zeros(1, bool), s[1:] == s[:-1]])
+        return jnp.zeros(take, bool).at[order].set(later)
+
+    def redraw(carry):
+        idx, dup, r = carry
+        fresh = jax.random.randint(jax.random.fold_in(key, r), (take,), 0, jnp.maximum(n_valid, 1))
+        idx = jnp.where(dup, fresh, idx)
+        return idx, repeats(idx), r + 1
+
+    def ranked():
+        return _top_rows(key, n_valid, window, take)
+
+    def redrawn():  # no rounds while the ranking serves (they would be a coupon collector's)
+        start = (jnp.zeros(take, jnp.int32), jnp.full(take, n_valid > window), jnp.int32(1))
+        return jax.lax.while_loop(lambda c: jnp.any(c[1]), redraw, start)[0]
+
+    def either():
+        return jnp.where(n_valid <= window, ranked(), redrawn())
+
+    if bounds is None:
+        return either()
+    lowest, highest = bounds
+    return jax.lax.switch(jnp.where(highest <= window, 0, jnp.where(lowest > window, 1, 2)), [ranked, redrawn, either])
+
+
 def _corpus_rows(state, idx, real_sequences):
     """Rows idx of C_g = R followed by the synth buffer (indices < N0 are R's)."""
     N0, cap = real_sequences, state.synth.shape[0]
@@ -213,13 +266,14 @@ def _corpus_rows(state, idx, real_sequences):
     return jnp.where((idx < N0)[:, None], real, synth)
 
 
-def _selection(cs: CorpusSpec, state, key, real_count, fresh_fn):
+def _selection(cs: CorpusSpec, state, key, real_count, fresh_fn, synth_range=None):
     """The rows of T_g for the drawing policies (accumulate_subsample, mix,
     fresh): (rows, weight 0/1 per row, real tokens, total tokens)."""
     N0, L, cap, m = cs.real_sequences, cs.seq_len, state.synth.shape[0], cs.train_sequences
     select_key = jax.random.fold_in(key, SELECT)
     if cs.rule.draw == "subsample":
-        idx = _top_rows(select_key, N0 + state.n_synth, N0 + cap, m)
+        bounds = None if synth_range is None else (N0 + synth_range[0], N0 + synth_range[1])
+        idx = distinct_rows(select_key, N0 + state.n_synth, N0 + cap, m, bounds)
         rows = _corpus_rows(state, idx, N0)
         return rows, jnp.ones(m, jnp.int32), jnp.sum(idx < N0).astype(jnp.int32) * L, jnp.int32(m * L)
     # mix / fresh: r real sequences and m - r generated ones
@@ -239,8 +293,11 @@ def _selection(cs: CorpusSpec, state, key, real_count, fresh_fn):
     return rows, jnp.concatenate([r_w, s_w]), real_count * L, jnp.int32(m * L)
 
 
-def training_set(cs: CorpusSpec, state: CorpusState, key, real_count, fresh_fn, count_fn=None) -> TrainingSet:
-    """T_g for g >= 1.
+def training_set(
+    cs: CorpusSpec, state: CorpusState, key, real_count, fresh_fn, count_fn=None, synth_range=None
+) -> TrainingSet:
+    """T_g for g >= 1. `synth_range`: (lowest, highest) n_synth of the
+    batch's cells, unbatched, or None (`distinct_rows`'s bounds).
 
     real_count: int32 r = round(rho * m) (mix / fresh).
     fresh_fn: key, n -> n fresh real sequences (fresh only).
@@ -265,7 +322,7 @@ def training_set(cs: CorpusSpec, state: CorpusState, key, real_count, fresh_fn, 
             weight = (jnp.arange(rows.shape[0]) < real_n + state.n_synth).astype(jnp.int32)
             return TrainingSet(count_fn(rows, weight), None, None, real_tokens, train_tokens)
         return TrainingSet(None, fetch, real_n + state.n_synth, real_tokens, train_tokens)
-    rows, weight, real_tokens, train_tokens = _selection(cs, state, key, real_count, fresh_fn)
+    rows, weight, real_tokens, train_tokens = _selection(cs, state, key, real_count, fresh_fn, synth_range)
     if cs.counting:
         return TrainingSet(count_fn(rows, weight), None, None, real_tokens, train_tokens)
     m = cs.train_sequences

@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,18 +316,26 @@ def connect(launch: Launch) -> Processes:
 
 
 def _quiet_first_collective() -> None:
-    """Connect the devices' collectives now, with stdout closed: gloo prints
-    a line to stdout for each connection it makes, which would otherwise
-    land in the middle of the run's output at its first checkpoint."""
+    """Connect the devices' collectives now, with gloo's chatter filtered:
+    gloo prints "[Gloo] Rank i is connected ..." to the C++ stdout for each
+    connection it makes, at any time. Python's `sys.stdout` moves to a
+    duplicate of the original descriptor (a terminal stays a terminal for
+    the progress bar); descriptor 1 becomes a pipe whose lines a thread
+    passes on, less gloo's."""
     from jax.experimental import multihost_utils
 
     sys.stdout.flush()
-    saved = os.dup(1)
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        multihost_utils.sync_global_devices("collapse_sim: connect")
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(null)
+    original = os.dup(1)
+    read, write = os.pipe()
+    os.dup2(write, 1)
+    os.close(write)
+    sys.stdout = open(original, "w", buffering=1, closefd=False)
+
+    def forward() -> None:
+        with open(read, "rb", buffering=0) as native:
+            for line in native:
+                if not line.startswith(b"[Gloo]"):
+                    os.write(original, line)
+
+    threading.Thread(target=forward, daemon=True, name="collapse_sim-stdout").start()
+    multihost_utils.sync_global_devices("collapse_sim: connect")

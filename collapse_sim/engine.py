@@ -98,14 +98,16 @@ def cell_init(spec: GroupSpec, world: World, cell: CellParams):
     return _generation(spec, world, cell, state, key, tset, None)
 
 
-def cell_step(spec: GroupSpec, world: World, state, generation, cell: CellParams):
-    """Generation g >= 1: train M_g on T_g from the corpus, metrics, sample, admit."""
+def cell_step(spec: GroupSpec, world: World, state, generation, cell: CellParams, synth_range=None):
+    """Generation g >= 1: train M_g on T_g from the corpus, metrics, sample,
+    admit. `synth_range`: the batch's lowest and highest n_synth (unbatched;
+    it lets the sampler skip work no cell needs, never changing a draw)."""
     key = jax.random.fold_in(jax.random.wrap_key_data(cell.trajectory_key), generation)
 
     def fresh(k, n):
         return spec.sampler.sample(world.source, k, n, spec.seq_len)
 
-    tset = corpus.training_set(spec.corpus, state, key, cell.real_count, fresh, _count_fn(spec))
+    tset = corpus.training_set(spec.corpus, state, key, cell.real_count, fresh, _count_fn(spec), synth_range)
     return _generation(spec, world, cell, state, key, tset, state.model)
 
 
@@ -152,7 +154,9 @@ def programs(spec: GroupSpec, devices: tuple) -> Programs:
         return over_cells(lambda w, _, p: cell_init(spec, w, p), pass_cells)(world, None, params)
 
     def step(world, state, g, params):
-        return over_cells(lambda w, g, sp: cell_step(spec, w, sp[0], g, sp[1]), pass_cells)(world, g, (state, params))
+        at = (g, (jnp.min(state.n_synth), jnp.max(state.n_synth)))  # this device's cells' corpus sizes
+        one = lambda w, at, sp: cell_step(spec, w, sp[0], at[0], sp[1], at[1])  # noqa: E731
+        return over_cells(one, pass_cells)(world, at, (state, params))
 
     # every output along the cells axis, zero-size buffers included (XLA would
     # otherwise replicate those, and a state put back on the devices between

@@ -26,12 +26,15 @@ from pathlib import Path
 
 from collapse_sim.schema import Config, unused_model_keys
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # what made a run directory of an older format, and what can resume it
 OLDER_FORMATS = {
     1: "was made before checkpoints existed and cannot be resumed; start a new run",
     2: "was written by collapse-sim 0.1 (checkpoints name parameters by leaf order); "
     "resume it with that version: pip install 'collapse_sim==0.1.*'",
+    3: "was written by collapse-sim 0.2 (accumulate_subsample drew T_g with another sampler, so its "
+    "generations would not continue the same trajectories); resume it with that version: "
+    "pip install 'collapse_sim==0.2.*'",
 }
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"

@@ -85,6 +85,61 @@ def test_accumulate_subsample_without_replacement_and_uniform():
     assert np.all(np.abs(hits[: N0 + n_synth] / trials - p) < 4 * se)
 
 
+def _ordered_tuples(fn, n_valid, size, take, draws, seed):
+    keys = jax.random.split(jax.random.key(seed), draws)
+    idx = np.asarray(jax.jit(jax.vmap(lambda k: fn(k, jnp.int32(n_valid), size, take)))(keys))
+    assert np.all((idx >= 0) & (idx < n_valid)), "an index past the valid rows"
+    assert all(len(set(row)) == take for row in idx.tolist()), "a repeated index"
+    code = np.zeros(len(idx), np.int64)
+    for j in range(take):
+        code = code * n_valid + idx[:, j]
+    return np.bincount(code, minlength=n_valid**take)
+
+
+@pytest.mark.parametrize("n_valid, size, take", [(13, 40, 3), (7, 40, 3), (6, 6, 3)])
+def test_distinct_rows_draw_ordered_tuples_uniformly(n_valid, size, take):
+    """accumulate_subsample's O(m) sampler (redraw repeats; `_top_rows` over
+    4 m slots while n <= 4 m) against the exact law of a draw without
+    replacement: every ordered tuple of distinct indices equally likely
+    (chi-square goodness of fit), and the same law as `_top_rows` over the
+    whole buffer, the sampler it replaced (chi-square homogeneity). Each
+    statistic within 5 standard deviations of its mean (sd = sqrt(2 df));
+    a sampler that favoured sorted, low or early indices would be far out."""
+    draws = 60 * int(np.prod(range(n_valid - take + 1, n_valid + 1)))  # about 60 per ordered tuple
+    got = _ordered_tuples(corpus.distinct_rows, n_valid, size, take, draws, seed=1)
+    ref = _ordered_tuples(corpus._top_rows, n_valid, size, take, draws, seed=2)
+    cells = got > 0
+    k = int(np.prod(range(n_valid - take + 1, n_valid + 1)))  # ordered tuples of distinct indices
+    assert cells.sum() == k and ((ref > 0) == cells).all()
+    expected = draws / k
+    fit = ((got[cells] - expected) ** 2 / expected).sum()
+    both = got[cells] + ref[cells]
+    homog = (((got[cells] - both / 2) ** 2 + (ref[cells] - both / 2) ** 2) / (both / 2)).sum()
+    df = k - 1
+    assert fit < df + 5 * np.sqrt(2 * df), (fit, df)
+    assert homog < df + 5 * np.sqrt(2 * df), (homog, df)
+
+
+def test_distinct_rows_cost_does_not_grow_with_the_buffer():
+    """Same draws from a buffer of 10**4 slots and of 10**6: the sampler
+    never looks past 4 take slots (or its take indices). While n <= 4 take
+    they are 0.2's draws (`_top_rows` over the whole buffer)."""
+    key, take = jax.random.key(3), 50
+    for n_valid in (60, 200, 900):
+        a = corpus.distinct_rows(key, jnp.int32(n_valid), 10**4, take)
+        b = corpus.distinct_rows(key, jnp.int32(n_valid), 10**6, take)
+        np.testing.assert_array_equal(a, b)
+        assert len(set(np.asarray(a).tolist())) == take and np.asarray(a).max() < n_valid
+        if n_valid <= 4 * take:
+            np.testing.assert_array_equal(a, corpus._top_rows(key, jnp.int32(n_valid), 10**4, take))
+    text = jax.jit(lambda k, n: corpus.distinct_rows(k, n, 10**6, take)).lower(key, jnp.int32(900)).as_text()
+    assert "1000000" not in text, "an array the size of the buffer"
+    # bounds on the batch's sizes choose the way every cell takes: never another draw
+    for n_valid, bounds in ((60, (60, 200)), (900, (300, 900)), (60, (60, 900)), (900, (60, 900))):
+        a = corpus.distinct_rows(key, jnp.int32(n_valid), 10**4, take, tuple(map(jnp.int32, bounds)))
+        np.testing.assert_array_equal(a, corpus.distinct_rows(key, jnp.int32(n_valid), 10**4, take))
+
+
 @pytest.mark.parametrize("policy", ["mix", "fresh"])
 def test_mix_and_fresh_composition(policy):
     m, n_synth = 8, 9

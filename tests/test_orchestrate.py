@@ -96,9 +96,10 @@ def test_an_older_run_directory_names_the_version_that_resumes_it(two_runs, tmp_
     out = tmp_path / "old"
     shutil.copytree(first, out)
     info = json.loads((out / "run.json").read_text())
-    (out / "run.json").write_text(json.dumps(dict(info, format=2)))
-    with pytest.raises(rundir.UserError, match=r"format 2 was written by collapse-sim 0\.1.*collapse_sim==0\.1"):
-        collapse_sim.resume(out)
+    for old, version in ((2, r"0\.1"), (3, r"0\.2")):
+        (out / "run.json").write_text(json.dumps(dict(info, format=old)))
+        with pytest.raises(rundir.UserError, match=rf"format {old} was written by collapse-sim {version}.*=={version}"):
+            collapse_sim.resume(out)
 
 
 HEAVY = ("jax", "pandas", "pyarrow", "matplotlib", "orbax", "rich")
