@@ -106,24 +106,19 @@ def env_for(heartbeat: int = 5, connect: int = 60) -> dict:
     return env
 
 
-def start(n: int, verb_args: list, cwd=None, heartbeat: int = 5, port: int | None = None) -> list[subprocess.Popen]:
-    port = port or free_port()
+CLI = [sys.executable, "-m", "collapse_sim.cli"]
+
+
+def distributed_args(port: int, n: int, i: int) -> list[str]:
+    return ["--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n), "--process-id", str(i)]
+
+
+def start(n: int, verb_args: list, cwd=None, heartbeat: int = 5, extra=lambda i: []) -> list[subprocess.Popen]:
+    """n processes of one distributed run (`extra(i)`: more arguments for process i)."""
+    port = free_port()
     return [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "collapse_sim.cli",
-                *map(str, verb_args),
-                "--quiet",
-                "--distributed",
-                "--coordinator",
-                f"127.0.0.1:{port}",
-                "--num-processes",
-                str(n),
-                "--process-id",
-                str(i),
-            ],
+            [*CLI, *map(str, verb_args), "--quiet", *distributed_args(port, n, i), *extra(i)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env_for(heartbeat),
@@ -164,7 +159,7 @@ def test_two_processes_equal_one(two_process_run, reference):
     assert info["processes"] == 2 and info["status"] == "complete"
     assert (two_process_run / "summary.csv").is_file()
     r = subprocess.run(
-        [sys.executable, "-m", "collapse_sim.cli", "inspect", str(two_process_run)],
+        [*CLI, "inspect", str(two_process_run)],
         capture_output=True,
         text=True,
         env=env_for(),
@@ -224,7 +219,7 @@ def test_a_killed_process_stops_the_other_and_resume_continues(tmp_path, victim,
     assert step is not None and step >= 2 and not bad
     if victim == 1:  # resumed by one process on 4 devices: as a one-process run on 2
         env = dict(env_for(), XLA_FLAGS=os.environ["XLA_FLAGS"].replace("count=2", "count=4"))
-        r = subprocess.run([sys.executable, "-m", "collapse_sim.cli", "resume", str(out), "--quiet"], env=env)
+        r = subprocess.run([*CLI, "resume", str(out), "--quiet"], env=env)
         assert r.returncode == 0 and json.loads((out / "run.json").read_text())["devices"] == 4
         assert run_cli("run", cfg, "--out", tmp_path / "one", "--quiet") == 0
         assert_same_metrics(out, tmp_path / "one")
@@ -233,29 +228,8 @@ def test_a_killed_process_stops_the_other_and_resume_continues(tmp_path, victim,
 @pytest.mark.e2e
 def test_unreachable_coordinator_is_one_line(tmp_path):
     cfg = write(tmp_path, BASE)
-    env = env_for(connect=1)
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "collapse_sim.cli",
-            "run",
-            str(cfg),
-            "--out",
-            str(tmp_path / "r"),
-            "--distributed",
-            "--coordinator",
-            f"127.0.0.1:{free_port()}",
-            "--num-processes",
-            "2",
-            "--process-id",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    args = [*CLI, "run", str(cfg), "--out", str(tmp_path / "r"), *distributed_args(free_port(), 2, 1)]
+    r = subprocess.run(args, capture_output=True, text=True, env=env_for(connect=1), timeout=120)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "cannot reach the coordinator 127.0.0.1:" in lines[0]
@@ -283,13 +257,8 @@ def test_no_flags_and_no_cluster_is_one_line(tmp_path):
     env = env_for(connect=2)
     for k in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
         env.pop(k, None)
-    r = subprocess.run(
-        [sys.executable, "-m", "collapse_sim.cli", "run", str(cfg), "--out", str(tmp_path / "r"), "--distributed"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    args = [*CLI, "run", str(cfg), "--out", str(tmp_path / "r"), "--distributed"]
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "--distributed:" in lines[0], r.stderr
 
@@ -297,35 +266,7 @@ def test_no_flags_and_no_cluster_is_one_line(tmp_path):
 @pytest.mark.e2e
 def test_processes_given_different_configs_refuse(tmp_path):
     cfg = write(tmp_path, BASE)
-    port = free_port()
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "collapse_sim.cli",
-                "run",
-                str(cfg),
-                "--out",
-                str(tmp_path / "r"),
-                "--quiet",
-                "--distributed",
-                "--coordinator",
-                f"127.0.0.1:{port}",
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
-                "--set",
-                f"seed={i}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env_for(),
-            start_new_session=True,
-        )
-        for i in range(2)
-    ]
+    procs = start(2, ["run", cfg, "--out", tmp_path / "r"], extra=lambda i: ["--set", f"seed={i}"])
     for rc, err in finish(procs):
         lines = [line for line in err.splitlines() if line.strip()]
         assert rc == 2 and len(lines) == 1 and "process(es) 1 differs from process 0's" in lines[0], err
