@@ -82,6 +82,88 @@ def numpy_generation(rng, tokens, heldout, V):
     return out, nll
 
 
+def whole_process(a) -> None:
+    """`collapse-sim run` against the numpy peer, both as whole processes
+    (start-up, imports, compiling, writing included), alternately; medians."""
+    import os
+    import subprocess
+    import tempfile
+
+    cores = len(os.sched_getaffinity(0))
+    C, N, L, V, G = a.cells, a.sequences, a.seq_len, a.vocab, a.generations
+    config = (
+        f"name: whole\nseed: 0\nreplicates: {C}\ngenerations: {G}\n"
+        f"source: {{kind: markov, vocab_size: {V}, order: 1, seed: 0}}\n"
+        f"real: {{sequences: {N}, seq_len: {L}, heldout: 256}}\nmodel: {{order: 2, smoothing: 0.01}}\n"
+        f"generate: {{sequences: {N}}}\ncorpus: {{policy: replace}}\ncheckpoint: {{every: 0}}\n"
+    )
+    engine, peer = [], []
+    with tempfile.TemporaryDirectory(prefix="collapse-sim-whole-") as tmp:
+        cfg = Path(tmp) / "whole.yaml"
+        cfg.write_text(config)
+        cli = [sys.executable, "-m", "collapse_sim.cli", "run", str(cfg), "--quiet"]
+        subprocess.run([*cli, "--out", f"{tmp}/warm"], check=True, capture_output=True)  # a warm compile cache
+        for r in range(a.repeats):
+            t = time.perf_counter()
+            subprocess.run([*cli, "--out", f"{tmp}/run{r}"], check=True, capture_output=True)
+            engine.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            share = [C // cores + (i < C % cores) for i in range(cores)]
+            procs = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(HERE / "numpy_peer.py"),
+                        "--cells",
+                        str(n),
+                        "--sequences",
+                        str(N),
+                        "--seq-len",
+                        str(L),
+                        "--vocab",
+                        str(V),
+                        "--generations",
+                        str(G),
+                        "--seed",
+                        str(i),
+                        "--out",
+                        f"{tmp}/peer{r}-{i}.npy",
+                    ],
+                    cwd=HERE,
+                )
+                for i, n in enumerate(share)
+            ]
+            assert all(p.wait() == 0 for p in procs)
+            peer.append(time.perf_counter() - t)
+    e, p = float(np.median(engine)), float(np.median(peer))
+    ratios = [b / a_ for a_, b in zip(engine, peer)]
+    print(f"\nwhole processes: {C} cells, bigram V={V}, N={N}, L={L}, {G} generations, {cores} cores")
+    print(f"collapse-sim run (one process, every core): {e:.1f} s   numpy peer ({cores} processes): {p:.1f} s")
+    print(f"engine / numpy peer: {float(np.median(ratios)):.2f}x median of {a.repeats} paired repeats (target >= 2.5x)")
+    if not a.no_record:
+        res = {
+            "date": date.today().isoformat(),
+            "machine": f"{platform.machine()}, {cores} cores",
+            "cells": C,
+            "sequences": N,
+            "seq_len": L,
+            "vocab": V,
+            "generations": G,
+            "engine_s": engine,
+            "peer_s": peer,
+            "speedup": float(np.median(ratios)),
+        }
+        record(
+            "ngram_whole_process",
+            res,
+            [
+                f"{C} cells, V={V}, N={N}, L={L}, G={G}, whole processes",
+                f"collapse-sim run {e:.1f} s vs numpy peer ({cores} processes) {p:.1f} s",
+                f"{res['speedup']:.2f}x (median of {a.repeats} alternating pairs)",
+            ],
+        )
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", type=int, default=256)
@@ -92,7 +174,15 @@ def main():
     ap.add_argument("--numpy-replicates", type=int, default=8, help="replicates the numpy loop runs per repeat")
     ap.add_argument("--quick", action="store_true", help="a small smoke version (16 cells, 512 sequences)")
     ap.add_argument("--no-record", action="store_true", help="do not write JSON or RESULTS.md")
+    ap.add_argument(
+        "--whole-process",
+        action="store_true",
+        help="time `collapse-sim run` against the numpy peer script (one process per core) as whole processes",
+    )
+    ap.add_argument("--generations", type=int, default=10, help="generations of the whole-process sweep")
     a = ap.parse_args()
+    if a.whole_process:
+        return whole_process(a)
     if a.quick:
         a.cells, a.sequences, a.repeats, a.numpy_replicates = 16, 512, 3, 4
     C, N, L, V = a.cells, a.sequences, a.seq_len, a.vocab
