@@ -154,6 +154,7 @@ def main():
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--no-warmup", action="store_true", help="as a whole process: no untimed first cell")
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     dev = torch.device(a.device)
@@ -166,7 +167,8 @@ def main():
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, a.vocab, (a.real, a.seq_len), generator=g).to(dev)
     held = torch.randint(0, a.vocab, (a.heldout, a.seq_len), generator=g).to(dev)
-    one_cell(a, data, held, dev, autocast)  # warm-up: allocator, kernels, thread pool
+    if not a.no_warmup:
+        one_cell(a, data, held, dev, autocast)  # warm-up: allocator, kernels, thread pool
     trains, gens = [], []
     for _ in range(a.repeats):
         t_tr = t_gen = 0.0

@@ -192,6 +192,70 @@ def find_torch(a) -> str | None:
     return None
 
 
+def whole_process(a) -> None:
+    """`collapse-sim run` of --cells transformers (generation 0: train for
+    --whole-steps steps, the held-out metrics, sample k) against
+    torch_baseline.py training and sampling as many models one at a time,
+    both as whole processes, alternately; medians."""
+    from whole import alternate
+
+    if not a.torch_python:
+        sys.exit("--whole-process needs torch: pass --torch-python or install torch==2.13.0 here")
+    batch, S = int(a.batches.split(",")[0]), a.whole_steps
+    lines = [s.replace("=", ": ", 1) for s in setting(a, batch) if not s.startswith(("generations", "model.steps"))]
+    config = "name: whole\nseed: 0\ngenerations: 0\ncheckpoint.every: 0\n" + f"model.steps: {S}\n" + "\n".join(lines)
+    config = _nested(config)
+    peer_args = [
+        str(HERE / "torch_baseline.py"), "--no-warmup", "--cells", str(a.cells), "--batch", str(batch),
+        "--steps", str(S), "--warmup", str(a.warmup), "--real", str(a.real), "--heldout", str(a.heldout),
+        "--sample", str(a.sample), "--vocab", str(a.vocab), "--seq-len", str(a.seq_len), "--d-model", str(a.d_model),
+        "--layers", str(a.layers), "--heads", str(a.heads), "--mlp-ratio", str(a.mlp_ratio), "--dtype", a.dtype,
+    ]  # fmt: skip
+    res = alternate(config, lambda tmp, r: [[a.torch_python, *peer_args]], a.repeats)
+    e, p, out = res["engine_median_s"], res["peer_median_s"], res["outside_median_s"]
+    print(f"\nwhole processes: {a.cells} transformers, d_model {a.d_model}, batch {batch}, {S} steps, one generation")
+    print(f"collapse-sim run: {e:.1f} s (outside its loop {out:.2f} s)   PyTorch per-model loop: {p:.1f} s")
+    print(f"engine / PyTorch: {res['speedup']:.2f}x median of {a.repeats} paired repeats (target >= 3x)")
+    dev = jax.devices()[0]
+    res.update(
+        date=date.today().isoformat(),
+        machine=f"{platform.machine()}, {dev.platform}, {jax.device_count()} device(s)",
+        cells=a.cells,
+        batch=batch,
+        steps=S,
+        d_model=a.d_model,
+    )
+    record(
+        a.name + "_whole_process",
+        res,
+        [
+            f"{a.cells} transformers, d_model {a.d_model}, batch {batch}, {S} steps, generation 0, whole processes",
+            f"collapse-sim run {e:.1f} s (outside its loop {out:.2f} s) vs PyTorch per-model loop {p:.1f} s",
+            f"{res['speedup']:.2f}x (median of {a.repeats} alternating pairs)",
+        ],
+    )
+
+
+def _nested(flat: str) -> str:
+    """YAML of dotted `a.b: v` lines, nested."""
+    tree: dict = {}
+    for line in flat.splitlines():
+        key, value = line.split(": ", 1)
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    def dump(node, indent=""):
+        return "".join(
+            f"{indent}{k}:\n{dump(v, indent + '  ')}" if isinstance(v, dict) else f"{indent}{k}: {v}\n"
+            for k, v in node.items()
+        )
+
+    return dump(tree)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name, default in (
@@ -221,6 +285,12 @@ def main():
     )
     p.add_argument("--name", default="transformer_throughput")
     p.add_argument("--quick", action="store_true", help="a small smoke version (8 cells, 20 steps, 1 repeat)")
+    p.add_argument(
+        "--whole-process",
+        action="store_true",
+        help="time `collapse-sim run` against the PyTorch per-model loop as whole processes",
+    )
+    p.add_argument("--whole-steps", type=int, default=300, help="training steps of the whole-process comparison")
     a = p.parse_args()
     if a.quick:
         a.cells, a.steps, a.repeats, a.torch_cells, a.real, a.heldout, a.sample, a.batches = (
@@ -234,6 +304,8 @@ def main():
             "32",
         )
     a.torch_python = find_torch(a)
+    if a.whole_process:
+        return whole_process(a)
 
     dev = jax.devices()[0]
     machine = f"{platform.machine()}, {dev.platform}, {jax.device_count()} device(s)"

@@ -7,7 +7,8 @@ the corpus policies (`corpus`), never asking which family they hold.
 sharded across the devices with shard_map, jitted with the corpus state
 donated. The compiled programs are made once per process for a group's
 static spec and devices (`programs`), so a second run of the same shapes
-does not trace again.
+does not trace again, and kept on disk (`compiled`), so a new process does
+not trace them either.
 
 Random streams (DESIGN §7.1, `collapse_sim.keys`): each cell carries two key
 datas made on the host from stable hashes; inside, the generation's key is
@@ -26,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from collapse_sim import corpus, filters
+from collapse_sim.compiled import Program
 from collapse_sim.families.base import GroupSpec
 from collapse_sim.kernels import metrics
 from collapse_sim.keys import SAMPLE, CellParams
@@ -135,15 +137,16 @@ def over_cells(one, pass_cells: int | None):
 
 class Programs(NamedTuple):
     mesh: Mesh
-    init: object  # jitted (world, params) -> (state, metrics)
-    step: object  # jitted (world, state, g, params) -> (state, metrics); state donated
+    init: Program  # (world, params) -> (state, metrics)
+    step: Program  # (world, state, g, params) -> (state, metrics); state donated
 
 
 @lru_cache(maxsize=64)
 def programs(spec: GroupSpec, devices: tuple) -> Programs:
     """The compiled init and step of a group on `devices`, made once per
-    process for each (spec, devices): jax.jit keeps the traced and compiled
-    programs of a function object, so reusing the object reuses them."""
+    process for each (spec, devices); each compiles once per signature, or
+    comes from the disk cache of compiled programs without tracing
+    (`collapse_sim.compiled`)."""
     mesh = Mesh(np.array(devices), ("cells",))
     pass_cells = spec.family.pass_cells(spec, devices[0].platform)
 
@@ -164,8 +167,13 @@ def programs(spec: GroupSpec, devices: tuple) -> Programs:
     cells = NamedSharding(mesh, P("cells"))
     return Programs(
         mesh,
-        jax.jit(batched(init, (P(), P("cells"))), out_shardings=cells),
-        jax.jit(batched(step, (P(), P("cells"), P(), P("cells"))), out_shardings=cells, donate_argnums=(1,)),
+        Program("init", jax.jit(batched(init, (P(), P("cells"))), out_shardings=cells), spec, devices),
+        Program(
+            "step",
+            jax.jit(batched(step, (P(), P("cells"), P(), P("cells"))), out_shardings=cells, donate_argnums=(1,)),
+            spec,
+            devices,
+        ),
     )
 
 
@@ -196,4 +204,4 @@ class GroupRunner:
 
     def step(self, state, generation: int, params: CellParams):
         """(state, metrics) of generation g >= 1; `state` is donated."""
-        return self.programs.step(self.world, state, jnp.int32(generation), params)
+        return self.programs.step(self.world, state, jax.device_put(np.int32(generation)), params)

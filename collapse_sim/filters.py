@@ -89,8 +89,8 @@ def world(fs: FilterSpec, source) -> FilterWorld:
     if fs.kind in ("truth", "noisy_truth"):
         table = bos_table(source.stationary, source.transitions, source.markov_order)
         with np.errstate(divide="ignore"):
-            return FilterWorld(jnp.asarray(np.log(table), jnp.float32))
-    return FilterWorld(jnp.zeros((0, V), jnp.float32))
+            return FilterWorld(jax.device_put(np.log(table).astype(np.float32)))
+    return FilterWorld(jax.device_put(np.zeros((0, V), np.float32)))  # host arrays: no program to compile
 
 
 def _scores(spec, world, cell, model, key, cand_NxL):

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from collapse_sim import config as cfgmod
@@ -61,6 +60,11 @@ def filter_values(generate_cfg) -> tuple[float, int, float]:
 def heldout_key(source_digest: str, seq_len: int, n: int):
     """The held-out set's key: no seed, no replicate (DESIGN §7.2)."""
     h0, h1 = cfgmod.stable_hash({"purpose": "heldout", "source": source_digest, "seq_len": seq_len, "n": n})
+    return _heldout_key(np.uint32(h0), np.uint32(h1))
+
+
+@jax.jit
+def _heldout_key(h0, h1):
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(0), h0), h1)
 
 
@@ -85,7 +89,9 @@ def cell_params(cells, source_digest: str, traced: tuple[str, ...]) -> CellParam
         )
         for c in configs
     ]
-    u32 = lambda xs: jnp.asarray(np.asarray(xs, np.uint32))
+    u32 = lambda xs: jax.device_put(np.asarray(xs, np.uint32))
+    i32 = lambda xs: jax.device_put(np.asarray(xs, np.int32))  # converted on the host: no program to compile
+    f32 = lambda xs: jax.device_put(np.asarray(xs, np.float32))
     reps = u32([cell.replicate for cell in cells])
     t, r = np.asarray(traj, np.uint32), np.asarray(real, np.uint32)
     seeds = u32([c.seed for c in configs])
@@ -93,15 +99,13 @@ def cell_params(cells, source_digest: str, traced: tuple[str, ...]) -> CellParam
     return CellParams(
         trajectory_key=_derive_keys(seeds, u32(t[:, 0]), u32(t[:, 1]), reps),
         real_key=_derive_keys(seeds, u32(r[:, 0]), u32(r[:, 1]), reps),
-        k=jnp.asarray([c.generate.sequences for c in configs], jnp.int32),
-        temperature=jnp.asarray([c.generate.temperature for c in configs], jnp.float32),
-        top_k=jnp.asarray([c.generate.top_k for c in configs], jnp.int32),
-        top_p=jnp.asarray([c.generate.top_p for c in configs], jnp.float32),
-        real_count=jnp.asarray(
-            [cfgmod.real_count(c.corpus.real_fraction, c.corpus.train_sequences) for c in configs], jnp.int32
-        ),
-        model={name: jnp.asarray([getattr(c.model, name) for c in configs], jnp.float32) for name in traced},
-        threshold=jnp.asarray([f[0] for f in filt], jnp.float32),
-        keep_count=jnp.asarray([f[1] for f in filt], jnp.int32),
-        noise=jnp.asarray([f[2] for f in filt], jnp.float32),
+        k=i32([c.generate.sequences for c in configs]),
+        temperature=f32([c.generate.temperature for c in configs]),
+        top_k=i32([c.generate.top_k for c in configs]),
+        top_p=f32([c.generate.top_p for c in configs]),
+        real_count=i32([cfgmod.real_count(c.corpus.real_fraction, c.corpus.train_sequences) for c in configs]),
+        model={name: f32([getattr(c.model, name) for c in configs]) for name in traced},
+        threshold=f32([f[0] for f in filt]),
+        keep_count=i32([f[1] for f in filt]),
+        noise=f32([f[2] for f in filt]),
     )

@@ -25,7 +25,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from collapse_sim import checkpoint, loop, process, reporting, results, rundir
+from collapse_sim import checkpoint, compiled, loop, process, results, rundir
 from collapse_sim import config as cfgmod
 from collapse_sim import plan as planmod
 from collapse_sim.config import Config, ConfigError
@@ -87,6 +87,10 @@ def _finish_quietly(ckpt, writer) -> None:
             pass
 
 
+# what the end of a run imports: the table and figures (pandas, matplotlib)
+FINISH_MODULES = ("collapse_sim.reporting", "matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.ticker")
+
+
 def _execute(
     out: Path,
     cfg: Config,
@@ -120,7 +124,12 @@ def _execute(
 
     diverged = Diverged(reporter, plan.sweep_keys)
 
+    warm = [procs.primary]
+
     def emit(cols: dict) -> None:
+        if warm[0]:  # the first rows: load what the end of the run draws with, while it runs
+            warm[0] = False
+            process.import_soon(*FINISH_MODULES)
         diverged(cols)
         writer.add(cols)
 
@@ -128,7 +137,8 @@ def _execute(
         if procs.primary:
             write_json(out / RUN_FILE, info)
 
-    t0 = time.perf_counter()
+    t0, made = time.perf_counter(), compiled.STATS["seconds"]
+    started = process.seconds_since_start()
     info.update(status="running", generations=G)
     write_info()
     stopper = Stopper(out, info if procs.primary else None)
@@ -155,6 +165,13 @@ def _execute(
         raise
     seconds = time.perf_counter() - t0
     info["seconds"] = round(info.get("seconds", 0) + seconds, 3)
+    made = compiled.STATS["seconds"] - made
+    # where this session's time went (docs/architecture.md "Start-up and finish")
+    info["timings"] = {
+        "start_s": None if started is None else round(started, 3),
+        "programs_s": round(made, 3),
+        "generations_s": round(seconds - made, 3),
+    }
     if not done:
         info.update(status="interrupted", generation=ckpt.last_meta["generation_min"])
         write_info()
@@ -168,10 +185,13 @@ def _execute(
     info.pop("error", None)
     write_info()
     if procs.primary:
-        _finish(out, cfg, plan, seconds, reporter)
+        t1 = time.perf_counter()
+        _finish(out, cfg, plan, info["timings"], reporter)
+        info["timings"]["finish_s"] = round(time.perf_counter() - t1, 3)
+        write_info()
 
 
-def _finish(out: Path, cfg: Config, plan: planmod.Plan, seconds: float, reporter: Reporter) -> None:
+def _finish(out: Path, cfg: Config, plan: planmod.Plan, timings: dict, reporter: Reporter) -> None:
     """The end of a complete run: a warning for diverged cells, the figures and the summary table."""
     df = results.load_metrics(out)
     if "loss_nonfinite" in df:
@@ -181,9 +201,16 @@ def _finish(out: Path, cfg: Config, plan: planmod.Plan, seconds: float, reporter
                 f"collapse-sim: warning: {bad:,} of {plan.n_cells:,} cells had a non-finite training loss "
                 "(rows with loss_nonfinite = 1)"
             )
+    from collapse_sim import reporting
+
     table, figures = reporting.write_run_files(out, cfg, df)  # the figures and table of `collapse-sim report`
     reporter.info(reporting.printed(table))
-    reporter.info(f"{len(df):,} metric rows; {seconds:.1f} s this session; plots {', '.join(map(str, figures))}")
+    t = timings
+    start = "" if t["start_s"] is None else f"start-up {t['start_s']:.1f} s, "
+    reporter.info(
+        f"{len(df):,} metric rows; {start}programs {t['programs_s']:.1f} s, generations {t['generations_s']:.1f} s; "
+        f"plots {', '.join(map(str, figures))}"
+    )
     reporter.notice(f"run directory: {out}")
 
 

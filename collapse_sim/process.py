@@ -1,6 +1,8 @@
 """Process-wide settings, installed by the CLI and the orchestration (never on import).
 
 - `configure_host_devices`: one XLA CPU device per core (before JAX starts; the CLI).
+- `import_soon`: modules the end of a run needs, imported while it runs.
+- `seconds_since_start`: this process's age (the start-up time a run records).
 - `configure_compilation_cache`: JAX's persistent compilation cache on disk.
 - `configure_logging_and_hooks`: orbax's logs quieted and tensorstore's
   closed-loop echoes dropped, so a failed save is reported in one line.
@@ -31,15 +33,46 @@ def configure_host_devices() -> None:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={max(1, cores)}".strip()
 
 
+def import_soon(*modules: str) -> None:
+    """Import modules in a background thread (the figures' matplotlib while
+    the generations run, which wait in XLA with the GIL released), so the
+    end of a run does not wait for them. Failures are left to the import
+    that needs the module."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the real import reports it
+                return
+
+    threading.Thread(target=load, name="collapse-sim-imports", daemon=True).start()
+
+
+def seconds_since_start() -> float | None:
+    """Seconds since this process started (Linux's /proc), None elsewhere."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 def configure_compilation_cache() -> None:
     """Keep compiled programs on disk, so a resume or a repeat of a config
     skips the backend compile.
 
     JAX's persistent cache, under $XDG_CACHE_HOME/collapse_sim/jax (or
-    ~/.cache/...); an entry is a few hundred KiB, about 1 MiB per config. A
-    JAX_COMPILATION_CACHE_DIR the user set wins, and
-    JAX_COMPILATION_CACHE_DIR= (empty) turns it off. (No size cap: JAX's cap
-    needs the filelock package.)
+    ~/.cache/...), every program however quick to compile; beside it,
+    jax-programs/ holds each group's init and step ready to load without
+    tracing (`collapse_sim.compiled`). About 2 MiB per config in all. A
+    JAX_COMPILATION_CACHE_DIR the user set wins (the programs go beside it),
+    and JAX_COMPILATION_CACHE_DIR= (empty) turns both off. (No size cap:
+    JAX's cap needs the filelock package.)
     """
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
@@ -49,7 +82,7 @@ def configure_compilation_cache() -> None:
         return
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     jax.config.update("jax_compilation_cache_dir", os.path.join(base, "collapse_sim", "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # the set-up's small programs too
 
 
 def use_cpu_collectives() -> None:

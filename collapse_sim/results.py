@@ -14,11 +14,14 @@ import re
 import time
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 METRICS_DIR = "metrics"
 PART_RE = re.compile(r"part-(?:p(\d+)-)?(\d{5,})\.parquet")
@@ -163,6 +166,8 @@ def prune(run_dir: str | Path, manifest: dict) -> tuple[int, int]:
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """All metric rows of a run, one per cell per generation, sorted by (cell, generation)."""
+    import pandas as pd  # not at import: a run needs it only at its end
+
     parts = part_files(run_dir)
     if not parts:
         raise FileNotFoundError(f"{run_dir}: no metrics found (expected {METRICS_DIR}/part-*.parquet)")

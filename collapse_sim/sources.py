@@ -49,6 +49,14 @@ class Sampler:
         return ngram.sample(key, arrays["cdf"], self.table_order, self.vocab_size, n, seq_len)
 
 
+# the held-out draw as one program each (a new process traces and compiles it
+# once, not op by op)
+_heldout_draw = jax.jit(
+    lambda sampler, arrays, key, n, seq_len: sampler.sample(arrays, key, n, seq_len), static_argnums=(0, 3, 4)
+)
+_heldout_windows = jax.jit(lambda text, key, n, seq_len: _windows(text, key, n, seq_len), static_argnums=(2, 3))
+
+
 @dataclass(frozen=True)
 class Source:
     """A source, ready to sample. Arrays are numpy; `device_arrays` moves them."""
@@ -71,8 +79,8 @@ class Source:
 
     def device_arrays(self) -> dict:
         if self.kind == "text":
-            return {"text": jnp.asarray(self.text_train)}
-        return {"cdf": jnp.asarray(self.table_cdf)}
+            return {"text": jax.device_put(self.text_train)}
+        return {"cdf": jax.device_put(self.table_cdf)}
 
     @property
     def sampler(self) -> Sampler:
@@ -85,8 +93,8 @@ class Source:
     def heldout(self, key, n: int, seq_len: int) -> np.ndarray:
         """The held-out set: int32 [n, seq_len], never trained on."""
         if self.kind == "text":
-            return np.asarray(_windows(jnp.asarray(self.text_heldout), key, n, seq_len))
-        return np.asarray(self.sample(self.device_arrays(), key, n, seq_len))
+            return np.asarray(_heldout_windows(self.text_heldout, key, n, seq_len))
+        return np.asarray(_heldout_draw(self.sampler, self.device_arrays(), key, n, seq_len))
 
     def truth(self, context_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Stationary weight of each context of length m and P(next | context).

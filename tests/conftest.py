@@ -54,3 +54,4 @@ def pytest_sessionfinish(session, exitstatus):
         import shutil
 
         shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(cache + "-programs", ignore_errors=True)  # collapse_sim.compiled's, beside it

@@ -48,8 +48,8 @@ def test_a_second_run_in_the_process_reuses_every_compiled_program(two_runs):
     results are the first run's."""
     (first, second), made = two_runs
     assert sum(made[0]) == 2 and made[1] == (0, 2), made  # (programs made, programs reused) for 2 groups
-    sizes = {id(p): (p.init._cache_size(), p.step._cache_size()) for p in _cached_programs()}
-    assert all(s == (1, 1) for s in sizes.values()), sizes  # one trace each, shared by both runs
+    sizes = {id(p): (len(p.init.ready), len(p.step.ready)) for p in _cached_programs()}
+    assert all(s == (1, 1) for s in sizes.values()), sizes  # one executable each, shared by both runs
     pd.testing.assert_frame_equal(collapse_sim.load_metrics(first), collapse_sim.load_metrics(second))
 
 

@@ -73,7 +73,7 @@ def test_the_estimate_covers_what_xla_allocates_within_a_margin(tmp_path):
         cells = loop.padded(group.cells, group.chunk_size, runner.n_devices)
         params = runner.put(keys.cell_params(cells, group.source.digest, group.spec.family.traced))
         state, _ = runner.init(params)
-        stats = runner.programs.step.lower(runner.world, state, np.int32(1), params).compile().memory_analysis()
+        stats = runner.programs.step.jitted.lower(runner.world, state, np.int32(1), params).compile().memory_analysis()
         used = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
         ratios[group.spec.corpus.policy] = planmod.cell_bytes(group.spec) / (used / len(cells))
     assert all(1 <= r <= 8 for r in ratios.values()), ratios

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from collapse_sim.config import ConfigError
@@ -24,6 +23,9 @@ from collapse_sim.kernels.reduce import tree_sum
 from collapse_sim.sources import bos_rows
 
 INT32_MAX = 2**31 - 1
+
+
+_fit_counts = jax.jit(ngram.fit_counts, static_argnums=(2, 3))  # one program, not op by op
 
 
 @dataclass(frozen=True)
@@ -98,17 +100,17 @@ class Ngram(Family):
     def world(self, spec, source, heldout_NxL):
         V, order = spec.vocab_size, spec.model.order
         m = order - 1
-        hc = ngram.fit_counts(jnp.asarray(heldout_NxL), jnp.ones(len(heldout_NxL), jnp.int32), order, V)
+        hc = _fit_counts(np.asarray(heldout_NxL, np.int32), np.ones(len(heldout_NxL), np.int32), order, V)
         if spec.has_truth:
             weight, cond = source.truth(m)
             index = bos_rows(m, m, V)  # the full-length contexts
         else:
             weight, cond, index = np.zeros(0), np.zeros((0, V)), np.zeros(0, np.int64)
-        return NgramWorld(
-            hc.astype(jnp.float32),
-            jnp.asarray(index, jnp.int32),
-            jnp.asarray(weight, jnp.float32),
-            jnp.asarray(cond, jnp.float32),
+        return NgramWorld(  # converted on the host: no program to compile
+            jax.device_put(np.asarray(hc, np.float32)),
+            jax.device_put(np.asarray(index, np.int32)),
+            jax.device_put(np.asarray(weight, np.float32)),
+            jax.device_put(np.asarray(cond, np.float32)),
         )
 
     def count(self, spec, tokens_NxL, weight_N):

@@ -38,6 +38,9 @@ CPU_CELLS = 8
 CPU_PASS_SEQUENCES = 64
 
 
+_context_ids = jax.jit(ngram.context_ids, static_argnums=(1, 2))  # one program, not op by op
+
+
 @dataclass(frozen=True)
 class Training:
     """The static part of training (traced: learning rate, weight decay and
@@ -167,13 +170,11 @@ class Transformer(Family):
         weight = _chunked(np.ones(len(heldout_NxL), np.float32), rows)
         if spec.has_truth:  # the exact P(next | prefix) of every held-out position
             table = bos_table(source.stationary, source.transitions, source.markov_order).astype(np.float32)
-            ctx = np.asarray(ngram.context_ids(jnp.asarray(tokens.reshape(-1, L)), source.table_order, V))
+            ctx = np.asarray(_context_ids(jnp.asarray(tokens.reshape(-1, L)), source.table_order, V))
             ctx = ctx.reshape(tokens.shape)
         else:
             table, ctx = np.zeros((0, V), np.float32), np.zeros(tokens.shape[:2] + (0,), np.int32)
-        return TransformerWorld(
-            jnp.asarray(tokens), jnp.asarray(weight), jnp.asarray(ctx, jnp.int32), jnp.asarray(table)
-        )
+        return TransformerWorld(*jax.device_put((tokens, weight, np.asarray(ctx, np.int32), table)))
 
     def carried_shapes(self, spec):
         if not spec.model.carries:

@@ -185,7 +185,7 @@ def test_memory_estimate_covers_what_xla_allocates():
         runner = GroupRunner(group.spec, make_world(group.spec, group.source, group.heldout))
         params = runner.put(keys.cell_params(group.cells, group.source.digest, group.spec.family.traced))
         state, _ = runner.init(params)
-        stats = runner.programs.step.lower(runner.world, state, np.int32(1), params).compile().memory_analysis()
+        stats = runner.programs.step.jitted.lower(runner.world, state, np.int32(1), params).compile().memory_analysis()
         used = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
         assert used / len(group.cells) <= planmod.cell_bytes(group.spec), (
             extra,
