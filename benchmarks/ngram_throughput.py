@@ -2,6 +2,7 @@
 
     python benchmarks/ngram_throughput.py            # the setting
     python benchmarks/ngram_throughput.py --quick    # a small smoke version
+    python benchmarks/ngram_throughput.py --whole-process [--sequences 1024]   # whole processes (benchmarks/whole.py)
 
 Setting: bigram models, V = 64 (an order-1 markov source), N = 4096 sequences
 of L = 64 tokens per cell per generation, `replace` policy, 256 cells.

@@ -4,6 +4,7 @@ side by side in one run.
     python benchmarks/transformer_throughput.py                    # 64 cells on CPU
     python benchmarks/transformer_throughput.py --quick            # a small smoke version
     python benchmarks/transformer_throughput.py --cells 1024 --dtype bfloat16   # on a GPU (benchmarks/gpu.sh)
+    python benchmarks/transformer_throughput.py --whole-process --batches 32   # whole processes (benchmarks/whole.py)
 
 Setting (the defaults): an order-1 markov source over V = 16 tokens, L = 32,
 N0 = 1024 real sequences, 256 held-out and k = 256 generated sequences per
