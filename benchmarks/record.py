@@ -17,6 +17,9 @@ def record(name: str, result: dict, *rows: list[str]) -> None:
     lines = [f"| {' | '.join([result['date'], name, result['machine'], *row])} |" for row in rows]
     path = HERE / "RESULTS.md"
     text = path.read_text().splitlines()
-    # the rows go at the end of the file's one table, ahead of the notes below it
-    last = max((i for i, line in enumerate(text) if line.startswith("|")), default=len(text) - 1)
+    # the rows go at the end of the file's first table (the notes below it hold tables of their own)
+    first = next((i for i, line in enumerate(text) if line.startswith("|")), len(text))
+    last = first
+    while last + 1 < len(text) and text[last + 1].startswith("|"):
+        last += 1
     path.write_text("\n".join(text[: last + 1] + lines + text[last + 1 :]) + "\n")

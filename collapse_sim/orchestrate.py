@@ -25,7 +25,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from collapse_sim import checkpoint, compiled, loop, process, results, rundir
+from collapse_sim import checkpoint, compiled, loop, process, results, rundir, saving
 from collapse_sim import config as cfgmod
 from collapse_sim import plan as planmod
 from collapse_sim.config import Config, ConfigError
@@ -34,58 +34,6 @@ from collapse_sim.preview import describe
 from collapse_sim.progress import ConsoleReporter, Diverged, Reporter, SharedProgress
 from collapse_sim.rundir import CONFIG_FILE, FORMAT_VERSION, RUN_FILE, UserError, default_out, write_json
 from collapse_sim.signals import Interrupted, Stopper
-
-
-def _saver(ckpt: checkpoint.Checkpointer, writer: results.MetricsWriter, plan: planmod.Plan, fingerprint: dict):
-    """The `save` callback of `loop.run_plan`: flush the metric rows, then
-    checkpoint every group's state with the metrics manifest and the config
-    fingerprint (every process's, merged). Returns whether the run stops."""
-    procs = ckpt.processes
-
-    def save(chunks, reason: str) -> bool:
-        writer.flush()
-        mine = {
-            "stopped": reason == "stopped",
-            "gens": [c.generation for c in chunks],
-            "cells_at": loop.cells_at(chunks),
-            "parts": writer.manifest()["parts"],
-        }
-        every = procs.gather("save", mine)
-        gens = [g for p in every for g in p["gens"]]
-        stopped = any(p["stopped"] for p in every)
-        parts = {part["name"]: part for p in every for part in p["parts"]}
-        at: dict[str, int] = {}
-        for p in every:
-            for g, n in p["cells_at"].items():
-                at[g] = at.get(g, 0) + n
-        meta = {
-            "reason": "stopped" if stopped else reason,
-            "generation_min": min(gens),
-            "generation_max": max(gens),
-            "generations": plan.config.generations,
-            "cells_at": dict(sorted(at.items(), key=lambda kv: -int(kv[0]))),
-            "fingerprint": fingerprint,
-            "metrics": {"parts": list(parts.values()), "rows": sum(p["rows"] for p in parts.values())},
-        }
-        ckpt.save(loop.snapshot(plan, chunks), meta)
-        return stopped
-
-    return save
-
-
-def _write_problem(out: Path, e: Exception) -> str:
-    """One line for a failed write: a checkpoint's own message, or the OS error."""
-    return str(e) if not isinstance(e, OSError) else f"{out}: cannot write ({e.strerror or e})"
-
-
-def _finish_quietly(ckpt, writer) -> None:
-    """After a failure: let a save in flight finish (or fail) and keep what rows we can."""
-    for close in (ckpt.close, writer.close):
-        try:
-            close()
-        except Exception:
-            pass
-
 
 # what the end of a run imports: the table and figures (pandas, matplotlib)
 FINISH_MODULES = ("collapse_sim.reporting", "matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.ticker")
@@ -112,8 +60,8 @@ def _execute(
         writer = results.MetricsWriter(out, parts=parts, prefix=f"p{procs.index}-" if procs.many else "")
         ckpt = checkpoint.Checkpointer(out, cfg.checkpoint.keep, procs)
     except (checkpoint.SaveError, OSError) as e:
-        raise UserError(_write_problem(out, e)) from None
-    save = _saver(ckpt, writer, plan, info["fingerprint"])
+        raise UserError(saving.write_problem(out, e)) from None
+    save = saving.saver(ckpt, writer, plan, info["fingerprint"])
     if procs.many:
         reporter = shared = SharedProgress(reporter if procs.primary else Reporter(), procs)
         save_block = save
@@ -154,13 +102,13 @@ def _execute(
         writer.close()
     except BaseException as e:
         reporter.close()
-        _finish_quietly(ckpt, writer)
+        saving.finish_quietly(ckpt, writer)
         disk = isinstance(e, (checkpoint.SaveError, OSError))
         info.update(status="failed", **({"error": str(e)} if disk else {}))
         write_info()
         if disk:
             raise UserError(
-                f"{_write_problem(out, e)}. Fix it, then continue with: collapse-sim resume {out}"
+                f"{saving.write_problem(out, e)}. Fix it, then continue with: collapse-sim resume {out}"
             ) from None
         raise
     seconds = time.perf_counter() - t0
@@ -264,8 +212,7 @@ def run(
         if procs.primary:
             rundir.write_text(out / CONFIG_FILE, cfgmod.dump(cfg))
             write_json(out / RUN_FILE, info)
-            every = cfg.checkpoint.every
-            saves = f"checkpoints every {every} generations" if every else "a checkpoint at the end"
+            saves = "checkpoints " + cfg.checkpoint.cadence()
             reporter.info(f"collapse-sim: {cfg.name}: {describe(cfg, plan, procs.count)}, {saves} -> {out}")
         _execute(out, cfg, plan, info, reporter, processes=procs)
     finally:

@@ -15,7 +15,7 @@ from typing import Any
 SOURCE_KINDS = ("categorical", "markov", "text")
 # keys whose values do not change a cell's trajectory, and so cannot be swept
 MAX_VOCAB = 1 << 20  # tokens; a larger vocabulary cannot hold even a unigram table per cell
-UNSWEPT = ("name", "replicates", "generations", "checkpoint.every", "checkpoint.keep")
+UNSWEPT = ("name", "replicates", "generations", "checkpoint.every", "checkpoint.keep", "checkpoint.seconds")
 
 
 class ConfigError(ValueError):
@@ -133,6 +133,13 @@ class CorpusConfig:
 class CheckpointConfig:
     every: int = 10
     keep: int = 3
+    seconds: float = 10.0  # at least this much run time between two `every` checkpoints (0: no floor)
+
+    def cadence(self) -> str:
+        """When checkpoints are made, in words."""
+        if not self.every:
+            return "at the end only"
+        return f"every {self.every} generations" + (f", at most one per {self.seconds:g} s" if self.seconds else "")
 
 
 @dataclass(frozen=True)

@@ -54,13 +54,7 @@ def inspect(run_dir: str | Path, verify: bool = False) -> int:
         done = f"none saved yet, of {info['generations']}"
     lines.append(("generations", done))
     if cfg is not None:
-        every = cfg.checkpoint.every
-        lines.append(
-            (
-                "checkpoints",
-                (f"every {every} generations" if every else "at the end only") + f", newest {cfg.checkpoint.keep} kept",
-            )
-        )
+        lines.append(("checkpoints", f"{cfg.checkpoint.cadence()}, newest {cfg.checkpoint.keep} kept"))
     parts = results.part_files(out)
     rows = 0
     for p in parts:

@@ -107,6 +107,7 @@ def validate(where: str, cfg: Config, explicit_vocab: bool = True, swept: dict |
     ck = cfg.checkpoint
     req(ck.every >= 0, "checkpoint.every", f"must be >= 0, got {ck.every}")
     req(ck.keep >= 1, "checkpoint.keep", f"must be >= 1, got {ck.keep}")
+    req(ck.seconds >= 0, "checkpoint.seconds", f"must be >= 0, got {ck.seconds}")
 
 
 def _validate_transformer(req, model: ModelConfig) -> None:

@@ -45,7 +45,7 @@ real: {sequences: 40, seq_len: 8, heldout: 30}
 model: {order: 2, smoothing: 0.01}
 generate: {sequences: 30}
 corpus: {policy: replace, train_sequences: 20, real_fraction: 0.25}
-checkpoint: {every: 3, keep: 2}
+checkpoint: {every: 3, keep: 2, seconds: 0}
 """
 TWO = BASE + "sweep: {corpus.policy: [replace, accumulate_subsample]}\n"
 ALL = BASE + "sweep: {corpus.policy: [replace, accumulate, accumulate_subsample, mix, fresh]}\n"
@@ -97,6 +97,7 @@ SMALL = [
     "replicates=2",
     "generations=4",
     "checkpoint.every=2",
+    "checkpoint.seconds=0",
     "real.sequences=60",
     "real.seq_len=8",
     "real.heldout=20",

@@ -311,3 +311,54 @@ def test_checkpoint_arrays_roundtrip_and_checksums(tmp_path):
     flipped = groups[0]["a"].copy()
     flipped[3, 3] ^= 1
     assert checkpoint.crc32(flipped) != meta["arrays"][0]["a"]["crc32"]
+
+
+def test_checkpoint_seconds_is_a_floor_between_block_checkpoints(tmp_path, reference):
+    """checkpoint.seconds: a block's checkpoint waits for that much run time
+    since the last (the end always saves); 0 saves every block. Same results
+    either way."""
+    seldom = write(tmp_path, TWO.replace("seconds: 0", "seconds: 3600"))
+    assert run_cli("run", seldom, "--out", tmp_path / "seldom", "--quiet") == 0
+    steps = checkpoint.step_dirs(tmp_path / "seldom")
+    metas = [checkpoint.read_meta(tmp_path / "seldom" / "checkpoints" / str(s)) for s in steps]
+    assert [(m["reason"], m["generation_min"]) for m in metas] == [("end", 9)]  # blocks at 3 and 6 skipped
+    assert checkpoint.step_dirs(reference["two"]) == [2, 3]  # seconds: 0 -> 3 saves (3, 6, 9), newest 2 kept
+    assert_same_metrics(reference["two"], tmp_path / "seldom")
+
+
+def test_a_stop_saves_whatever_the_floor(tmp_path, monkeypatch):
+    """A stop (and the end) checkpoints even inside the floor; a block does not."""
+    from collapse_sim import loop, saving
+    from collapse_sim.distributed import Processes
+
+    saved = []
+
+    class Ckpt:
+        processes = Processes()
+
+        def save(self, snapshot, meta):
+            saved.append(meta["reason"])
+
+    class Writer:
+        def flush(self):
+            pass
+
+        def manifest(self):
+            return {"parts": []}
+
+    class Plan:
+        class config:
+            generations = 9
+
+            class checkpoint:
+                seconds = 3600
+
+    monkeypatch.setattr(loop, "snapshot", lambda plan, chunks: {})
+    monkeypatch.setattr(loop, "cells_at", lambda chunks: {})
+    chunk = loop.Chunk(0, 0, 1, generation=3)
+    save = saving.saver(Ckpt(), Writer(), Plan(), {})
+    assert save([chunk], "every") is False and saved == []
+    assert save([chunk], "stopped") is True and saved == ["stopped"]
+    assert save([chunk], "end") is False and saved == ["stopped", "end"]
+    Plan.config.checkpoint.seconds = 0
+    assert saving.saver(Ckpt(), Writer(), Plan(), {})([chunk], "every") is False and saved[-1] == "every"

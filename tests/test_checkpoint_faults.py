@@ -72,7 +72,7 @@ real: {sequences: 100, seq_len: 32, heldout: 20}
 model: {order: 2, smoothing: 0.01}
 generate: {sequences: 3000}
 corpus: {policy: accumulate_subsample, train_sequences: 100}
-checkpoint: {every: 2, keep: 3}
+checkpoint: {every: 2, keep: 3, seconds: 0}
 """
 
 

@@ -29,7 +29,7 @@ generate:
   sequences: 20
   filter: {kind: truth, threshold: -1.8, keep_fraction: 0.5, oversample: 3, noise: 0.3, reference_sequences: 50}
 corpus: {policy: accumulate_subsample, train_sequences: 30, real_fraction: 0.25}
-checkpoint: {every: 2, keep: 2}
+checkpoint: {every: 2, keep: 2, seconds: 0}
 sweep:
   generate.filter.kind: [noisy_truth, self, reference, dedup]   # truth: noisy_truth's path without the noise
   generate.sequences: [12, 20]

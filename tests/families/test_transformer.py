@@ -227,7 +227,7 @@ model: {kind: transformer, d_model: 16, layers: 1, heads: 2, mlp_ratio: 2, steps
         init: continue}
 generate: {sequences: 24}
 corpus: {policy: replace, train_sequences: 20, real_fraction: 0.25}
-checkpoint: {every: 2, keep: 2}
+checkpoint: {every: 2, keep: 2, seconds: 0}
 sweep: {model.learning_rate: [0.003, 1.0e+30]}
 """
 
