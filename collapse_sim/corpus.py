@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from collapse_sim.draws import distinct_rows, top_rows
 from collapse_sim.keys import FRESH, SELECT
 from collapse_sim.policies import POLICIES, Policy
 
@@ -191,73 +192,6 @@ def first_training_set(cs: CorpusSpec, state: CorpusState, real_NxL, count_fn=No
     return TrainingSet(counts, None, None, tokens, tokens)
 
 
-def _top_rows(key, n_valid, size, take):
-    """`take` distinct row indices drawn uniformly without replacement from
-    [0, n_valid) among `size` slots, in random order (valid slots first).
-
-    Each slot gets 30 random bits, offset into the normal range and bitcast
-    to float32 (positive floats order like their bit patterns), so the
-    selection is XLA's fast float top_k with 2**30 distinct scores; slot j's
-    score depends only on (key, j)."""
-    bits = (jax.random.bits(key, (size,), jnp.uint32) >> 2) + jnp.uint32(0x00800000)
-    score = jax.lax.bitcast_convert_type(bits, jnp.float32)
-    score = jnp.where(jnp.arange(size) < n_valid, score, -1.0)
-    return jax.lax.top_k(score, take)[1]
-
-
-WINDOW = 4  # distinct_rows ranks at most WINDOW * m slots
-
-
-def distinct_rows(key, n_valid, size, take, bounds=None):
-    """`take` distinct row indices drawn uniformly without replacement from
-    [0, n_valid) (n_valid >= take, slots beyond `size` never valid), in
-    uniformly random order, in time and memory O(WINDOW take) whatever
-    `size` (a corpus buffer that grows with the run).
-
-    While n_valid <= WINDOW take: `_top_rows` over the first WINDOW take
-    slots (where every valid row lies); a slot's score depends only on (key,
-    slot), so this is exactly the draw of `_top_rows` over the whole buffer
-    (0.2's sampler). Beyond: draw take indices with replacement, then redraw
-    every repeat of an index already drawn at an earlier position, until
-    none is left (a draw collides with probability below 1/WINDOW: a few
-    rounds). Every step treats all indices alike, so the ordered result is
-    uniform over the ordered tuples of distinct indices, the exact law of a
-    draw without replacement (chi-square tests in tests/test_corpus.py).
-
-    Under vmap a per-cell choice runs both ways; `bounds` = (lowest,
-    highest) n_valid of the batch (unbatched) runs only the way every cell
-    takes when they agree. A cell's draw is the same either way.
-    """
-    window = min(size, WINDOW * take)
-
-    def repeats(idx):
-        order = jnp.argsort(idx, stable=True)  # equal indices in position order
-        s = idx[order]
-        later = jnp.concatenate([jnp.zeros(1, bool), s[1:] == s[:-1]])
-        return jnp.zeros(take, bool).at[order].set(later)
-
-    def redraw(carry):
-        idx, dup, r = carry
-        fresh = jax.random.randint(jax.random.fold_in(key, r), (take,), 0, jnp.maximum(n_valid, 1))
-        idx = jnp.where(dup, fresh, idx)
-        return idx, repeats(idx), r + 1
-
-    def ranked():
-        return _top_rows(key, n_valid, window, take)
-
-    def redrawn():  # no rounds while the ranking serves (they would be a coupon collector's)
-        start = (jnp.zeros(take, jnp.int32), jnp.full(take, n_valid > window), jnp.int32(1))
-        return jax.lax.while_loop(lambda c: jnp.any(c[1]), redraw, start)[0]
-
-    def either():
-        return jnp.where(n_valid <= window, ranked(), redrawn())
-
-    if bounds is None:
-        return either()
-    lowest, highest = bounds
-    return jax.lax.switch(jnp.where(highest <= window, 0, jnp.where(lowest > window, 1, 2)), [ranked, redrawn, either])
-
-
 def _corpus_rows(state, idx, real_sequences):
     """Rows idx of C_g = R followed by the synth buffer (indices < N0 are R's)."""
     N0, cap = real_sequences, state.synth.shape[0]
@@ -278,12 +212,12 @@ def _selection(cs: CorpusSpec, state, key, real_count, fresh_fn, synth_range=Non
         return rows, jnp.ones(m, jnp.int32), jnp.sum(idx < N0).astype(jnp.int32) * L, jnp.int32(m * L)
     # mix / fresh: r real sequences and m - r generated ones
     take_s = min(m, cap)
-    s_idx = _top_rows(select_key, state.n_synth, cap, take_s)
+    s_idx = top_rows(select_key, state.n_synth, cap, take_s)
     s_rows = state.synth[s_idx]
     s_w = (jnp.arange(take_s) < m - real_count).astype(jnp.int32)
     if cs.rule.draw == "mix":
         take_r = min(m, N0)
-        r_idx = _top_rows(jax.random.fold_in(select_key, 1), N0, N0, take_r)
+        r_idx = top_rows(jax.random.fold_in(select_key, 1), N0, N0, take_r)
         r_rows = state.real[r_idx]
     else:
         take_r = m

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from collapse_sim import corpus
+from collapse_sim import corpus, draws
 from collapse_sim.kernels import ngram
 
 N0, CAP, L = 6, 10, 3
@@ -85,8 +85,8 @@ def test_accumulate_subsample_without_replacement_and_uniform():
     assert np.all(np.abs(hits[: N0 + n_synth] / trials - p) < 4 * se)
 
 
-def _ordered_tuples(fn, n_valid, size, take, draws, seed):
-    keys = jax.random.split(jax.random.key(seed), draws)
+def _ordered_tuples(fn, n_valid, size, take, n_draws, seed):
+    keys = jax.random.split(jax.random.key(seed), n_draws)
     idx = np.asarray(jax.jit(jax.vmap(lambda k: fn(k, jnp.int32(n_valid), size, take)))(keys))
     assert np.all((idx >= 0) & (idx < n_valid)), "an index past the valid rows"
     assert all(len(set(row)) == take for row in idx.tolist()), "a repeated index"
@@ -98,20 +98,20 @@ def _ordered_tuples(fn, n_valid, size, take, draws, seed):
 
 @pytest.mark.parametrize("n_valid, size, take", [(13, 40, 3), (7, 40, 3), (6, 6, 3)])
 def test_distinct_rows_draw_ordered_tuples_uniformly(n_valid, size, take):
-    """accumulate_subsample's O(m) sampler (redraw repeats; `_top_rows` over
+    """accumulate_subsample's O(m) sampler (redraw repeats; `top_rows` over
     4 m slots while n <= 4 m) against the exact law of a draw without
     replacement: every ordered tuple of distinct indices equally likely
-    (chi-square goodness of fit), and the same law as `_top_rows` over the
+    (chi-square goodness of fit), and the same law as `top_rows` over the
     whole buffer, the sampler it replaced (chi-square homogeneity). Each
     statistic within 5 standard deviations of its mean (sd = sqrt(2 df));
     a sampler that favoured sorted, low or early indices would be far out."""
-    draws = 60 * int(np.prod(range(n_valid - take + 1, n_valid + 1)))  # about 60 per ordered tuple
-    got = _ordered_tuples(corpus.distinct_rows, n_valid, size, take, draws, seed=1)
-    ref = _ordered_tuples(corpus._top_rows, n_valid, size, take, draws, seed=2)
+    n_draws = 60 * int(np.prod(range(n_valid - take + 1, n_valid + 1)))  # about 60 per ordered tuple
+    got = _ordered_tuples(draws.distinct_rows, n_valid, size, take, n_draws, seed=1)
+    ref = _ordered_tuples(draws.top_rows, n_valid, size, take, n_draws, seed=2)
     cells = got > 0
     k = int(np.prod(range(n_valid - take + 1, n_valid + 1)))  # ordered tuples of distinct indices
     assert cells.sum() == k and ((ref > 0) == cells).all()
-    expected = draws / k
+    expected = n_draws / k
     fit = ((got[cells] - expected) ** 2 / expected).sum()
     both = got[cells] + ref[cells]
     homog = (((got[cells] - both / 2) ** 2 + (ref[cells] - both / 2) ** 2) / (both / 2)).sum()
@@ -123,21 +123,72 @@ def test_distinct_rows_draw_ordered_tuples_uniformly(n_valid, size, take):
 def test_distinct_rows_cost_does_not_grow_with_the_buffer():
     """Same draws from a buffer of 10**4 slots and of 10**6: the sampler
     never looks past 4 take slots (or its take indices). While n <= 4 take
-    they are 0.2's draws (`_top_rows` over the whole buffer)."""
+    they are 0.2's draws (`top_rows` over the whole buffer)."""
     key, take = jax.random.key(3), 50
     for n_valid in (60, 200, 900):
-        a = corpus.distinct_rows(key, jnp.int32(n_valid), 10**4, take)
-        b = corpus.distinct_rows(key, jnp.int32(n_valid), 10**6, take)
+        a = draws.distinct_rows(key, jnp.int32(n_valid), 10**4, take)
+        b = draws.distinct_rows(key, jnp.int32(n_valid), 10**6, take)
         np.testing.assert_array_equal(a, b)
         assert len(set(np.asarray(a).tolist())) == take and np.asarray(a).max() < n_valid
         if n_valid <= 4 * take:
-            np.testing.assert_array_equal(a, corpus._top_rows(key, jnp.int32(n_valid), 10**4, take))
-    text = jax.jit(lambda k, n: corpus.distinct_rows(k, n, 10**6, take)).lower(key, jnp.int32(900)).as_text()
+            np.testing.assert_array_equal(a, draws.top_rows(key, jnp.int32(n_valid), 10**4, take))
+    text = jax.jit(lambda k, n: draws.distinct_rows(k, n, 10**6, take)).lower(key, jnp.int32(900)).as_text()
     assert "1000000" not in text, "an array the size of the buffer"
     # bounds on the batch's sizes choose the way every cell takes: never another draw
     for n_valid, bounds in ((60, (60, 200)), (900, (300, 900)), (60, (60, 900)), (900, (60, 900))):
-        a = corpus.distinct_rows(key, jnp.int32(n_valid), 10**4, take, tuple(map(jnp.int32, bounds)))
-        np.testing.assert_array_equal(a, corpus.distinct_rows(key, jnp.int32(n_valid), 10**4, take))
+        a = draws.distinct_rows(key, jnp.int32(n_valid), 10**4, take, tuple(map(jnp.int32, bounds)))
+        np.testing.assert_array_equal(a, draws.distinct_rows(key, jnp.int32(n_valid), 10**4, take))
+
+
+def _numpy_later_repeats(idx):
+    seen, out = set(), []
+    for v in idx.tolist():
+        out.append(v in seen)
+        seen.add(v)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("take, changes", [(40, 3), (300, 70), (300, 250)])
+def test_new_repeats_flags_what_a_sort_flags(rng, take, changes):
+    """The redraw rounds' repeat test (changed positions against all, CHUNK
+    at a time) against a plain numpy scan and the stable-sort test, on
+    random arrays whose unchanged positions hold distinct values and whose
+    changed ones collide with them and each other (more changed positions
+    than a CHUNK too)."""
+    for _ in range(20):
+        idx = rng.choice(10 * take, take, replace=False)
+        changed = np.zeros(take, bool)
+        changed[rng.choice(take, changes, replace=False)] = True
+        where = np.flatnonzero(changed)
+        idx[where] = rng.choice(idx, changes)  # repeats of anything, changed or not
+        idx[where[: changes // 2]] = rng.integers(0, 10 * take, changes // 2)  # and new values
+        want = _numpy_later_repeats(idx)
+        assert want.any()
+        got = np.asarray(draws.new_repeats(jnp.asarray(idx, jnp.int32), jnp.asarray(changed)))
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.asarray(draws.later_repeats(jnp.asarray(idx, jnp.int32))), want)
+
+
+def test_redraws_are_the_draws_of_sorting_every_round():
+    """distinct_rows beyond 4 m draws exactly what 0.3.0 drew (a stable
+    sort of all m indices every round): run directories stay format 4."""
+
+    def sorted_every_round(key, n_valid, take):
+        def redraw(carry):
+            idx, dup, r = carry
+            fresh = jax.random.randint(jax.random.fold_in(key, r), (take,), 0, n_valid)
+            idx = jnp.where(dup, fresh, idx)
+            return idx, draws.later_repeats(idx), r + 1
+
+        start = (jnp.zeros(take, jnp.int32), jnp.ones(take, bool), jnp.int32(1))
+        return jax.lax.while_loop(lambda c: jnp.any(c[1]), redraw, start)[0]
+
+    take = 50
+    keys = jax.random.split(jax.random.key(7), 64)
+    new = jax.jit(jax.vmap(lambda k, n: draws.distinct_rows(k, n, 10**6, take), in_axes=(0, None)))
+    old = jax.jit(jax.vmap(lambda k, n: sorted_every_round(k, n, take), in_axes=(0, None)))
+    for n_valid in (4 * take + 1, 260, 1000, 10**5):
+        np.testing.assert_array_equal(new(keys, jnp.int32(n_valid)), old(keys, jnp.int32(n_valid)))
 
 
 @pytest.mark.parametrize("policy", ["mix", "fresh"])
