@@ -89,9 +89,11 @@ def cell_params(cells, source_digest: str, traced: tuple[str, ...]) -> CellParam
         )
         for c in configs
     ]
-    u32 = lambda xs: jax.device_put(np.asarray(xs, np.uint32))
-    i32 = lambda xs: jax.device_put(np.asarray(xs, np.int32))  # converted on the host: no program to compile
-    f32 = lambda xs: jax.device_put(np.asarray(xs, np.float32))
+
+    def host(dtype):  # converted on the host, then put: no program to compile
+        return lambda xs: jax.device_put(np.asarray(xs, dtype))
+
+    u32, i32, f32 = host(np.uint32), host(np.int32), host(np.float32)
     reps = u32([cell.replicate for cell in cells])
     t, r = np.asarray(traj, np.uint32), np.asarray(real, np.uint32)
     seeds = u32([c.seed for c in configs])

@@ -170,7 +170,7 @@ class Transformer(Family):
         weight = _chunked(np.ones(len(heldout_NxL), np.float32), rows)
         if spec.has_truth:  # the exact P(next | prefix) of every held-out position
             table = bos_table(source.stationary, source.transitions, source.markov_order).astype(np.float32)
-            ctx = np.asarray(_context_ids(jnp.asarray(tokens.reshape(-1, L)), source.table_order, V))
+            ctx = np.asarray(_context_ids(tokens.reshape(-1, L), source.table_order, V))
             ctx = ctx.reshape(tokens.shape)
         else:
             table, ctx = np.zeros((0, V), np.float32), np.zeros(tokens.shape[:2] + (0,), np.int32)
