@@ -17,6 +17,11 @@ from .reduce import next_pow2, prefix_sum, total
 
 CDF_BITS = 31
 CDF_TOTAL = 1 << CDF_BITS
+# rows up to this wide are ranked by comparing every pair (V^2 compares, all
+# vectorised); wider rows by a stable sort. The two give the same ranks, so
+# the choice never changes a number: on CPU a sort of a few dozen floats costs
+# more than the rest of a sampling step (benchmarks/RESULTS.md)
+RANK_BY_PAIRS_MAX = 64
 
 
 def filter_probs(probs_V, temperature, top_k, top_p):
@@ -40,8 +45,7 @@ def filter_probs(probs_V, temperature, top_k, top_p):
     greedy_V = (jnp.arange(V) == jnp.argmax(probs_V)).astype(jnp.float32)
     w_V = jnp.where(temperature > 0, tempered_V, greedy_V)
 
-    order_V = jnp.argsort(-w_V, stable=True)
-    rank_V = jnp.zeros(V, jnp.int32).at[order_V].set(jnp.arange(V, dtype=jnp.int32))
+    order_V, rank_V = descending_order(w_V)
     w_V = jnp.where((top_k <= 0) | (rank_V < top_k), w_V, 0.0)
 
     p_V = w_V / total(w_V)
@@ -50,6 +54,24 @@ def filter_probs(probs_V, temperature, top_k, top_p):
     keep_V = (before_V < top_p)[rank_V] | (top_p >= 1.0)
     w_V = jnp.where(keep_V, w_V, 0.0)
     return w_V / total(w_V)
+
+
+def descending_order(w_V):
+    """(order, rank) of a row by descending value, ties by lower index, NaN
+    last: order[r] is the index ranked r and rank[order[r]] = r, int32 [V]
+    each; what a stable argsort of -w gives."""
+    V = w_V.shape[-1]
+    idx_V = jnp.arange(V, dtype=jnp.int32)
+    if V > RANK_BY_PAIRS_MAX:
+        order_V = jnp.argsort(-w_V, stable=True).astype(jnp.int32)
+        return order_V, jnp.zeros(V, jnp.int32).at[order_V].set(idx_V)
+    key_V = jnp.where(jnp.isnan(w_V), -jnp.inf, w_V)  # NaN last, as the sort puts it
+    ahead_VxV = (key_V[None, :] > key_V[:, None]) | (
+        (key_V[None, :] == key_V[:, None]) & (idx_V[None, :] < idx_V[:, None])
+    )  # [i, j]: j is ranked before i
+    rank_V = jnp.sum(ahead_VxV, axis=1, dtype=jnp.int32)
+    order_V = jnp.sum(jnp.where(rank_V[:, None] == idx_V[None, :], idx_V[:, None], 0), axis=0, dtype=jnp.int32)
+    return order_V, rank_V
 
 
 def cdf_row(probs_V, width):

@@ -104,13 +104,52 @@ def _attention(q, k, v, bias):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+def _dense_fwd(x, w):
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ()))), (x, w)
+
+
+def _dense_bwd(res, dy):
+    """The gradients autodiff gives, except that a kernel with more inputs
+    than outputs gets its gradient as (dy^T x)^T: XLA's CPU backend runs the
+    product contracting the positions several times faster when its output
+    is wide (measurements: benchmarks/RESULTS.md). The barrier keeps XLA from
+    folding the transpose back into the product."""
+    x, w = res
+    dx = jax.lax.dot_general(dy, w, (((dy.ndim - 1,), (1,)), ((), ())))
+    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+    if w.shape[0] > w.shape[1]:
+        dw = jax.lax.optimization_barrier(jax.lax.dot_general(dy2, x2, (((0,), (0,)), ((), ())))).T
+    else:
+        dw = jax.lax.dot_general(x2, dy2, (((0,), (0,)), ((), ())))
+    return dx, dw
+
+
+@jax.custom_vjp
+def _dense_product(x, w):
+    """x [..., K] @ w [K, D], as nn.Dense computes it."""
+    return _dense_fwd(x, w)[0]
+
+
+_dense_product.defvjp(_dense_fwd, _dense_bwd)
+
+
+def _dense_dot(x, w, dimension_numbers, precision=None, preferred_element_type=None):
+    """nn.Dense's product (its `dot_general` argument), with the backward pass of `_dense_product`."""
+    assert dimension_numbers == (((x.ndim - 1,), (0,)), ((), ())) and precision is None, dimension_numbers
+    return _dense_product(x, w)
+
+
+def _dense(features: int, dtype) -> nn.Dense:
+    return nn.Dense(features, dtype=dtype, dot_general=_dense_dot)
+
+
 class Attention(nn.Module):
     arch: Arch
 
     def setup(self):
         dt = self.arch.compute_dtype
-        self.qkv = nn.Dense(3 * self.arch.d_model, dtype=dt)
-        self.proj = nn.Dense(self.arch.d_model, dtype=dt)
+        self.qkv = _dense(3 * self.arch.d_model, dt)
+        self.proj = _dense(self.arch.d_model, dt)
 
     def _qkv(self, x_NxD, B):
         a = self.arch
@@ -127,14 +166,20 @@ class Attention(nn.Module):
         return self.proj(_attend(q, k, v, mask, self.arch).reshape(x_NxD.shape))
 
     def decode(self, x_BxD, pos, cache):
-        """One position per sequence: x [B, d]; cache (k, v) [B, L, H, dh] holds positions < pos."""
+        """One position per sequence: x [B, d]; the cache (k [B, H, dh, L],
+        v [B, H, L, dh]) holds positions < pos. Keys are kept transposed, each
+        in the layout its product reads, so no step copies the whole cache
+        into another layout (XLA's CPU backend did, for every position)."""
         a = self.arch
-        q, k, v = self._qkv(x_BxD, x_BxD.shape[0])
+        q, k, v = self._qkv(x_BxD, x_BxD.shape[0])  # [B, 1, H, dh]
         ck, cv = cache
-        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, pos, 0, 0))
-        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, pos, 0, 0))
-        mask = (jnp.arange(a.seq_len) <= pos)[None, :]
-        return self.proj(_attend(q, ck, cv, mask, a).reshape(x_BxD.shape)), (ck, cv)
+        ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 3, 1).astype(ck.dtype), (0, 0, 0, pos))
+        cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), (0, 0, pos, 0))
+        q = q[:, 0] * jnp.asarray(1.0 / math.sqrt(a.head_dim), q.dtype)  # [B, H, dh], as _attend scales
+        bias = jnp.where(jnp.arange(a.seq_len) <= pos, 0.0, -1e30).astype(jnp.float32)[None, None]
+        s = jnp.einsum("bhd,bhds->bhs", q, ck, preferred_element_type=jnp.float32)
+        p = jax.nn.softmax(s + bias, axis=-1).astype(cv.dtype)
+        return self.proj(jnp.einsum("bhs,bhsd->bhd", p, cv).reshape(x_BxD.shape)), (ck, cv)
 
 
 class Block(nn.Module):
@@ -150,8 +195,8 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(dtype=jnp.float32)
         self.attn = Attention(a)
         self.ln2 = nn.LayerNorm(dtype=jnp.float32)
-        self.up = nn.Dense(a.mlp_ratio * a.d_model, dtype=dt)
-        self.down = nn.Dense(a.d_model, dtype=dt)
+        self.up = _dense(a.mlp_ratio * a.d_model, dt)
+        self.down = _dense(a.d_model, dt)
 
     def _mlp(self, x):
         return self.down(nn.gelu(self.up(self.ln2(x).astype(self.arch.compute_dtype))))
@@ -176,7 +221,7 @@ class Transformer(nn.Module):
         self.blocks = [Block(a) for _ in range(a.layers)]
         self.ln_f = nn.LayerNorm(dtype=jnp.float32)
         if not a.tie:
-            self.head = nn.Dense(a.vocab_size, dtype=a.compute_dtype)
+            self.head = _dense(a.vocab_size, a.compute_dtype)
 
     def _logits(self, h):
         h = self.ln_f(h).astype(self.arch.compute_dtype)
@@ -277,10 +322,10 @@ def train(arch: Arch, tx, params, key, rows, n_valid, steps: int, batch: int):
 
 
 def init_caches(arch: Arch, n: int):
-    shape = (n, arch.seq_len, arch.heads, arch.head_dim)
-    return tuple(
-        (jnp.zeros(shape, arch.compute_dtype), jnp.zeros(shape, arch.compute_dtype)) for _ in range(arch.layers)
-    )
+    """Per layer, keys [n, H, dh, L] and values [n, H, L, dh] (Attention.decode)."""
+    k = (n, arch.heads, arch.head_dim, arch.seq_len)
+    v = (n, arch.heads, arch.seq_len, arch.head_dim)
+    return tuple((jnp.zeros(k, arch.compute_dtype), jnp.zeros(v, arch.compute_dtype)) for _ in range(arch.layers))
 
 
 def decode_step(arch: Arch, params, prev_N, pos, caches):

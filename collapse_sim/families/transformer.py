@@ -35,7 +35,7 @@ CPU_CELLS = 8
 # training sequences per pass on a CPU device: a chunk's cells go through in
 # lax.map passes of max(1, CPU_PASS_SEQUENCES // batch) cells, so a pass's
 # activations stay in cache (measurements: benchmarks/RESULTS.md)
-CPU_PASS_SEQUENCES = 64
+CPU_PASS_SEQUENCES = 32
 
 
 _context_ids = jax.jit(ngram.context_ids, static_argnums=(1, 2))  # one program, not op by op

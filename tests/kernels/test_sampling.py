@@ -26,6 +26,34 @@ def test_filter_matches_reference(rng, temperature, top_k, top_p):
         np.testing.assert_allclose(got, want, atol=2e-6)
 
 
+@pytest.mark.parametrize("V", [1, 5, 16, 64, 65, 200])
+def test_descending_order_is_a_stable_argsort(rng, V):
+    """Ranks by pairwise comparison (V <= RANK_BY_PAIRS_MAX) and by sort
+    (wider rows) both equal numpy's stable argsort of -w, ties and NaN included."""
+    for trial in range(20):
+        w = rng.choice([0.0, 0.25, 0.5, 1.0], V) if trial % 2 else rng.random(V)  # with and without ties
+        w = w.astype(np.float32)
+        if trial % 5 == 4:
+            w[rng.choice(V, max(1, V // 4), replace=False)] = np.nan
+        order, rank = (np.asarray(a) for a in jax.jit(sampling.descending_order)(jnp.asarray(w)))
+        key = np.where(np.isnan(w), np.inf, -w)
+        want = np.argsort(key, kind="stable")
+        np.testing.assert_array_equal(order, want)
+        np.testing.assert_array_equal(rank[want], np.arange(V))
+
+
+def test_filter_is_bit_identical_whichever_way_rows_are_ranked(rng, monkeypatch):
+    rows = jnp.asarray(np.stack([random_probs(rng, 24) for _ in range(64)]), jnp.float32)
+    rows = rows.at[:8].set(jnp.round(rows[:8] * 8) / 8)  # ties
+    f = jax.vmap(sampling.filter_probs, in_axes=(0, None, None, None))
+    for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.8, 5, 0.9), (1.3, 0, 0.5), (0.0, 3, 1.0)]:
+        by_pairs = np.asarray(f(rows, temperature, top_k, top_p))
+        monkeypatch.setattr(sampling, "RANK_BY_PAIRS_MAX", 0)
+        by_sort = np.asarray(f(rows, temperature, top_k, top_p))
+        monkeypatch.undo()
+        np.testing.assert_array_equal(by_pairs.view(np.uint32), by_sort.view(np.uint32))
+
+
 def test_top_k_keeps_exactly_the_k_most_probable(rng):
     for k in range(1, 8):
         p = rng.permutation(np.arange(1, 9, dtype=np.float64))
