@@ -11,8 +11,9 @@ code, then compare their metrics row by row.
     python benchmarks/compare_runs.py compare /tmp/cmp-base /tmp/cmp-new
 
 `run` starts `collapse-sim run --quiet` once per config in a subprocess whose
-PYTHONPATH puts --code first (default: this checkout), so the older code is
-imported, not the installed one. `compare` prints one line per config: bit
+PYTHONPATH puts a copy of --code's collapse_sim (default: this checkout's)
+first, with its kernels/ as collapse_sim.kernels, so the older code is
+imported, kernels included, not the installed one. `compare` prints one line per config: bit
 identical, or the largest relative difference per metric (with the rows that
 differ), and exits 1 if any config differs beyond --rtol (default 0: bit for
 bit) or is missing. NaN equals NaN and +inf equals +inf; nothing else is
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -131,8 +133,22 @@ MATRIX = {
 }
 
 
-def _run_one(name: str, config: Path, sets: list[str], out: Path, code: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+def _importable(code: Path, where: Path) -> Path:
+    """A directory whose collapse_sim is `code`'s, with `code`'s kernels/ as
+    collapse_sim.kernels, as an install lays them out. PYTHONPATH=code alone
+    would find code's collapse_sim but take collapse_sim.kernels from this
+    checkout's editable install."""
+    site = where / ".compare-code"
+    shutil.rmtree(site, ignore_errors=True)
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(code / "collapse_sim", site / "collapse_sim", ignore=skip)
+    if (code / "kernels").is_dir():
+        shutil.copytree(code / "kernels", site / "collapse_sim" / "kernels", ignore=skip)
+    return site
+
+
+def _run_one(name: str, config: Path, sets: list[str], out: Path, code: Path, site: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     env.setdefault("JAX_COMPILATION_CACHE_DIR", "")  # compile afresh: nothing shared between the two versions
     prog = "import sys; from collapse_sim.cli import main; sys.exit(main(sys.argv[1:]))"
     cmd = [sys.executable, "-c", prog, "run", str(config), "--quiet", "--out", str(out)]
@@ -151,11 +167,12 @@ def run(out: Path, code: Path, only: list[str]) -> int:
     jobs = [(p.stem, p, []) for p in sorted((ROOT / "configs").glob("*.yaml"))]
     defaults = ROOT / "configs" / "quickstart.yaml"  # the matrix overrides what it needs of it
     jobs += [(name, defaults, ["sweep={}", "name=" + name] + sets) for name, sets in MATRIX.items()]
+    site = _importable(code, out)
     records = []
     for name, config, sets in jobs:
         if only and name not in only:
             continue
-        records.append(_run_one(name, config, sets, out / name, code))
+        records.append(_run_one(name, config, sets, out / name, code, site))
     (out / "runs.json").write_text(json.dumps({"code": str(code), "runs": records}, indent=2) + "\n")
     return int(any(r["returncode"] for r in records))
 

@@ -110,10 +110,11 @@ def _dense_fwd(x, w):
 
 def _dense_bwd(res, dy):
     """The gradients autodiff gives, except that a kernel with more inputs
-    than outputs gets its gradient as (dy^T x)^T: XLA's CPU backend runs the
-    product contracting the positions several times faster when its output
+    than outputs gets its gradient as (dy^T x)^T: XLA's CPU backend runs a
+    product that contracts the positions about 1.7x faster when its output
     is wide (measurements: benchmarks/RESULTS.md). The barrier keeps XLA from
-    folding the transpose back into the product."""
+    folding the transpose back into the product. Tested against numpy
+    (tests/kernels/test_transformer.py)."""
     x, w = res
     dx = jax.lax.dot_general(dy, w, (((dy.ndim - 1,), (1,)), ((), ())))
     x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])

@@ -72,6 +72,21 @@ def test_training_gradient_matches_finite_differences_of_the_reference(rng):
         np.testing.assert_allclose(got, fd, rtol=1e-3, atol=2e-5, err_msg=names[i])
 
 
+@pytest.mark.parametrize("k,d", [(12, 5), (5, 12), (7, 7)])
+def test_dense_product_gradients_match_numpy(rng, k, d):
+    """_dense_product's hand-written backward pass (the kernel gradient of a
+    wide-input layer computed as a transposed product) against the gradients
+    of sum(w_out * (x @ w)) in numpy: dx = w_out @ w^T, dw = x^T @ w_out."""
+    x = rng.standard_normal((3, 4, k)).astype(np.float32)
+    w = rng.standard_normal((k, d)).astype(np.float32)
+    w_out = rng.standard_normal((3, 4, d)).astype(np.float32)
+    y, (dx, dw) = jax.value_and_grad(lambda x, w: jnp.sum(T._dense_product(x, w) * w_out), argnums=(0, 1))(x, w)
+    x64, w64, o64 = (a.astype(np.float64) for a in (x, w, w_out))
+    np.testing.assert_allclose(float(y), np.sum((x64 @ w64) * o64), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), o64 @ w64.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dw), x64.reshape(-1, k).T @ o64.reshape(-1, d), rtol=1e-5, atol=1e-5)
+
+
 def test_kv_cache_decoding_equals_full_recomputation(rng):
     arch = T.Arch(vocab_size=9, seq_len=8, d_model=16, layers=3, heads=2)
     params = randomised(init(arch, jax.random.key(2)), rng)
