@@ -63,12 +63,20 @@ def _onehot(tokens, n):
     return (tokens[..., None].astype(jnp.int32) == ids).astype(jnp.float32)
 
 
+def _scaled(q, arch: Arch):
+    """q / sqrt(dh): scaled on [T, dh], not on the [T, S] scores."""
+    return q * jnp.asarray(1.0 / math.sqrt(arch.head_dim), q.dtype)
+
+
+def _bias(mask):
+    """The mask as an additive float32 bias (no select in the gradient), [1, 1, *mask.shape]."""
+    return jnp.where(mask, 0.0, -1e30).astype(jnp.float32)[None, None]
+
+
 def _attend(q, k, v, mask, arch: Arch):
     """Scaled dot-product attention, softmax in float32. q [B,T,H,dh], k/v
     [B,S,H,dh], mask [T,S] -> [B,T,H,dh]."""
-    q = q * jnp.asarray(1.0 / math.sqrt(arch.head_dim), q.dtype)  # scaled on [T, dh], not on the [T, S] scores
-    bias = jnp.where(mask, 0.0, -1e30).astype(jnp.float32)[None, None]  # additive: no select in the gradient
-    return _attention(q, k, v, bias)
+    return _attention(_scaled(q, arch), k, v, _bias(mask))
 
 
 def _attention_fwd(q, k, v, bias):
@@ -176,10 +184,8 @@ class Attention(nn.Module):
         ck, cv = cache
         ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 3, 1).astype(ck.dtype), (0, 0, 0, pos))
         cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), (0, 0, pos, 0))
-        q = q[:, 0] * jnp.asarray(1.0 / math.sqrt(a.head_dim), q.dtype)  # [B, H, dh], as _attend scales
-        bias = jnp.where(jnp.arange(a.seq_len) <= pos, 0.0, -1e30).astype(jnp.float32)[None, None]
-        s = jnp.einsum("bhd,bhds->bhs", q, ck, preferred_element_type=jnp.float32)
-        p = jax.nn.softmax(s + bias, axis=-1).astype(cv.dtype)
+        s = jnp.einsum("bhd,bhds->bhs", _scaled(q[:, 0], a), ck, preferred_element_type=jnp.float32)
+        p = jax.nn.softmax(s + _bias(jnp.arange(a.seq_len) <= pos), axis=-1).astype(cv.dtype)
         return self.proj(jnp.einsum("bhs,bhsd->bhd", p, cv).reshape(x_BxD.shape)), (ck, cv)
 
 
