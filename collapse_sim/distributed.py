@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import sys
 import threading
@@ -318,7 +319,7 @@ def connect(launch: Launch) -> Processes:
 def _quiet_first_collective() -> None:
     """Connect the devices' collectives now, with gloo's chatter filtered:
     gloo prints "[Gloo] Rank i is connected ..." to the C++ stdout for each
-    connection it makes, at any time. Python's `sys.stdout` moves to a
+    connection it makes, at any time (see `gloo_chatter`). Python's `sys.stdout` moves to a
     duplicate of the original descriptor (a terminal stays a terminal for
     the progress bar); descriptor 1 becomes a pipe whose lines a thread
     passes on, less gloo's."""
@@ -334,8 +335,22 @@ def _quiet_first_collective() -> None:
     def forward() -> None:
         with open(read, "rb", buffering=0) as native:
             for line in native:
-                if not line.startswith(b"[Gloo]"):
+                if not gloo_chatter(line):
                     os.write(original, line)
 
     threading.Thread(target=forward, daemon=True, name="collapse_sim-stdout").start()
     multihost_utils.sync_global_devices("collapse_sim: connect")
+
+
+_GLOO_PIECES = (b"[Gloo]", b" is connected to ", b"peer ranks")
+_DEBRIS = re.compile(rb"[\s\d.:]*")
+
+
+def gloo_chatter(line: bytes) -> bool:
+    """Whether a line of native stdout is (a piece of) gloo's connection
+    message. Its threads write the message in pieces (`std::cout << ...`)
+    unlocked, so two connections can interleave: "[Gloo] Rank 1 is connected
+    to [Gloo] Rank 1 ... : 1\n" then "1 peer ranks. ... : 1\n", or a bare
+    "\n" or "1\n". Any line with a piece of the message, or with nothing but
+    digits, blanks and the message's punctuation, is dropped."""
+    return any(p in line for p in _GLOO_PIECES) or _DEBRIS.fullmatch(line) is not None

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from collapse_sim import checkpoint, supervise
-from collapse_sim.distributed import Launch, Processes, launch_settings, share
+from collapse_sim.distributed import Launch, Processes, gloo_chatter, launch_settings, share
 from collapse_sim.rundir import UserError
 from tests.helpers import BASE, TWO, assert_same_metrics, run_cli, write
 
@@ -87,6 +87,20 @@ def test_lost_process_is_named():
     assert supervise.lost_process(PEER_LOST.replace("/job:jax_worker/replica:0/task:1", "2")) == "process 2"
     assert supervise.lost_process(COORDINATOR_LOST) == "the coordinator (process 0)"
     assert supervise.lost_process("Traceback (most recent call last):\nValueError: x\n") is None
+
+
+def test_gloo_chatter_is_dropped_even_interleaved_and_other_output_kept():
+    """gloo's connection message, whole or interleaved by two of its threads
+    (CI once saw a bare newline reach a quiet process's stdout), is dropped;
+    any other native line passes."""
+    one = b"[Gloo] Rank 1 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1\n"
+    pieces = [b"[Gloo] Rank 1", b" is connected to ", b"1", b" peer ranks. ", b"Expected number of connected "]
+    pieces += [b"peer ranks is : ", b"1", b"\n"]
+    for cut in range(1, len(pieces)):  # the second message lands after piece `cut` of the first
+        stream = b"".join(pieces[:cut]) + one + b"".join(pieces[cut:])
+        assert [line for line in stream.splitlines(keepends=True) if not gloo_chatter(line)] == []
+    for kept in (b"W0000 something the runtime says\n", b"step 3: loss 1.5\n", b"Rank of a matrix\n"):
+        assert not gloo_chatter(kept)
 
 
 # --- real processes -------------------------------------------------------------
