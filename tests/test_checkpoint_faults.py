@@ -31,8 +31,9 @@ limit = int(sys.argv[1])
 if limit:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the cap fails with EFBIG, as on a full disk
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-from collapse_sim.cli import main
-sys.exit(main(sys.argv[2:]))
+from collapse_sim.cli import entry
+sys.argv[1:] = sys.argv[2:]
+entry()  # as the console script: main(), then a quick exit
 """
 
 
