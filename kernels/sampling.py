@@ -18,10 +18,16 @@ from .reduce import next_pow2, prefix_sum, total
 CDF_BITS = 31
 CDF_TOTAL = 1 << CDF_BITS
 # rows up to this wide are ranked by comparing every pair (V^2 compares, all
-# vectorised); wider rows by a stable sort. The two give the same ranks, so
-# the choice never changes a number: in the transformer's sampling scan on CPU
-# a sort of 16 floats per position was a quarter of the time (benchmarks/RESULTS.md)
-RANK_BY_PAIRS_MAX = 64
+# vectorised, RANK_BLOCK columns at a time); wider rows by a stable sort. The
+# two give the same ranks, so the choice never changes a number. On XLA CPU
+# the pairs beat the sort from V = 8 (9x) to V = 1024 (1.3x): in the
+# transformer's sampling scan a sort of 16 floats per position was a quarter
+# of the time, and an n-gram group's table of 64-token rows took 100 ms a
+# generation to sort (benchmarks/RESULTS.md). Blocks of 32 columns keep each
+# comparison fused with its sum: one [V, V] comparison at V = 64 was written
+# out whole and took 20x as long as two [V, 32] blocks.
+RANK_BY_PAIRS_MAX = 256
+RANK_BLOCK = 32
 
 
 def filter_probs(probs_V, temperature, top_k, top_p):
@@ -66,11 +72,17 @@ def descending_order(w_V):
         order_V = jnp.argsort(-w_V, stable=True).astype(jnp.int32)
         return order_V, jnp.zeros(V, jnp.int32).at[order_V].set(idx_V)
     key_V = jnp.where(jnp.isnan(w_V), -jnp.inf, w_V)  # NaN last, as the sort puts it
-    ahead_VxV = (key_V[None, :] > key_V[:, None]) | (
-        (key_V[None, :] == key_V[:, None]) & (idx_V[None, :] < idx_V[:, None])
-    )  # [i, j]: j is ranked before i
-    rank_V = jnp.sum(ahead_VxV, axis=1, dtype=jnp.int32)
-    order_V = jnp.sum(jnp.where(rank_V[:, None] == idx_V[None, :], idx_V[:, None], 0), axis=0, dtype=jnp.int32)
+    blocks = [slice(s, s + RANK_BLOCK) for s in range(0, V, RANK_BLOCK)]
+
+    def ahead(b):  # [i, j in b]: j is ranked before i
+        kj, ki = key_V[None, b], key_V[:, None]
+        return (kj > ki) | ((kj == ki) & (idx_V[None, b] < idx_V[:, None]))
+
+    rank_V = sum(jnp.sum(ahead(b), axis=1, dtype=jnp.int32) for b in blocks)  # how many j are before each i
+    order_V = sum(  # order[r] = the i whose rank is r
+        jnp.sum(jnp.where(rank_V[b, None] == idx_V[None, :], idx_V[b, None], 0), axis=0, dtype=jnp.int32)
+        for b in blocks
+    )
     return order_V, rank_V
 
 

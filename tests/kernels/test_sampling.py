@@ -42,8 +42,9 @@ def test_descending_order_is_a_stable_argsort(rng, V):
         np.testing.assert_array_equal(rank[want], np.arange(V))
 
 
-def test_filter_is_bit_identical_whichever_way_rows_are_ranked(rng, monkeypatch):
-    rows = jnp.asarray(np.stack([random_probs(rng, 24) for _ in range(64)]), jnp.float32)
+@pytest.mark.parametrize("V", [24, 100])  # one block of pairs, and several with a remainder
+def test_filter_is_bit_identical_whichever_way_rows_are_ranked(rng, monkeypatch, V):
+    rows = jnp.asarray(np.stack([random_probs(rng, V) for _ in range(64)]), jnp.float32)
     rows = rows.at[:8].set(jnp.round(rows[:8] * 8) / 8)  # ties
     f = jax.vmap(sampling.filter_probs, in_axes=(0, None, None, None))
     for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.8, 5, 0.9), (1.3, 0, 0.5), (0.0, 3, 1.0)]:
