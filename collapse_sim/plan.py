@@ -94,8 +94,9 @@ def cell_bytes(spec: GroupSpec) -> int:
     return sum(cell_parts(spec).values())
 
 
-def group_spec(point: SweepPoint, source: Source, gen_capacity: int) -> GroupSpec:
-    """The static spec of a sweep point's group (`gen_capacity`: the largest k in it)."""
+def group_spec(point: SweepPoint, source: Source, gen_capacity: int, truncates: bool = True) -> GroupSpec:
+    """The static spec of a sweep point's group (`gen_capacity`: the largest k in
+    it; `truncates`: whether any of its cells samples with top-k or top-p)."""
     c = point.config
     fam = families.get(c.model.kind)
     model = fam.model_spec(c.model, source.vocab_size, c.real.seq_len)
@@ -111,7 +112,7 @@ def group_spec(point: SweepPoint, source: Source, gen_capacity: int) -> GroupSpe
         fam.count_rows(model),
         fs.keeps_tokens,
     )
-    return GroupSpec(fam, model, cs, source.sampler, source.has_truth, fs)
+    return GroupSpec(fam, model, cs, source.sampler, source.has_truth, fs, truncates)
 
 
 def _check(where: str, spec: GroupSpec, generations: int, platform: str) -> None:
@@ -175,7 +176,8 @@ def make_plan(cfg: Config, where: str, devices=None, budget: int | None = None) 
     groups = []
     budget = memory_budget(devices[0]) if budget is None else budget
     for (_, _, heldout_n), (source, pts) in by_key.items():
-        spec = group_spec(pts[0], source, max(p.config.generate.sequences for p in pts))
+        truncates = any(p.config.generate.top_k > 0 or p.config.generate.top_p < 1 for p in pts)
+        spec = group_spec(pts[0], source, max(p.config.generate.sequences for p in pts), truncates)
         _check(where, spec, cfg.generations, devices[0].platform)
         cells = [Cell(p.index * cfg.replicates + r, r, p) for p in pts for r in range(cfg.replicates)]
         chunk = _chunk_size(where, spec, len(cells), budget, devices)

@@ -41,7 +41,9 @@ def filter_probs(probs_V, temperature, top_k, top_p):
     top_p: scalar in (0, 1]; 1 = off, else keep the smallest prefix of tokens in
       descending probability whose mass reaches top_p.
     Returns float32 [V] summing to 1 (zeros where filtered out).
-    All three may be traced: a new value never recompiles.
+    All three may be traced: a new value never recompiles. top_k and top_p
+    may both be None: off, known when tracing (no cell of a group truncates),
+    so the program skips the ranking; the result is the same as with 0 and 1.
     """
     V = probs_V.shape[-1]
     probs_V = probs_V.astype(jnp.float32)
@@ -50,6 +52,9 @@ def filter_probs(probs_V, temperature, top_k, top_p):
     tempered_V = jnp.exp((logp_V - jnp.max(logp_V)) / safe_t)
     greedy_V = (jnp.arange(V) == jnp.argmax(probs_V)).astype(jnp.float32)
     w_V = jnp.where(temperature > 0, tempered_V, greedy_V)
+    if top_k is None and top_p is None:
+        return w_V / total(w_V)
+    top_k, top_p = (0 if top_k is None else top_k), (1.0 if top_p is None else top_p)
 
     order_V, rank_V = descending_order(w_V)
     w_V = jnp.where((top_k <= 0) | (rank_V < top_k), w_V, 0.0)

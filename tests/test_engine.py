@@ -194,6 +194,20 @@ def test_sampling_filters_reach_the_engine():
     assert hot.unique_seq.min() > 0.5
 
 
+def test_a_group_without_truncation_skips_it_with_the_same_results():
+    """A group where no cell uses top-k or top-p compiles its sampling without
+    the ranking; its cells run exactly as beside a cell that truncates."""
+    base = ["source.kind=markov", "source.vocab_size=40", "model.order=2", "real.sequences=50", "real.seq_len=10",
+            "generate.sequences=60", "generate.temperature=0.8", "replicates=2", "generations=3"]  # fmt: skip
+    plain = planmod.make_plan(load(base), "t", jax.local_devices())
+    mixed_cfg = load(base + ["sweep={generate.top_p: [1.0, 0.9]}"])
+    mixed = planmod.make_plan(mixed_cfg, "t", jax.local_devices())
+    assert [g.spec.truncates for g in plain.groups] == [False] and [g.spec.truncates for g in mixed.groups] == [True]
+    together = run_rows(mixed_cfg)
+    alone = run_rows(load(base))
+    assert_same(together[together["generate.top_p"] == 1.0].reset_index(drop=True), alone)
+
+
 @pytest.mark.slow  # statistical, 300 replicates
 def test_fresh_real_data_holds_the_model_near_the_truth():
     """fresh with rho = 1 trains every generation on new real data: the models

@@ -36,6 +36,7 @@ class GroupSpec:
     sampler: Sampler  # the source's static part
     has_truth: bool  # the source's exact conditionals are known (categorical, markov)
     filter: FilterSpec = NO_FILTER  # the quality filter on generated candidates
+    truncates: bool = True  # some cell samples with top-k or top-p (False: no ranking compiled)
 
     @property
     def vocab_size(self) -> int:
@@ -60,6 +61,12 @@ class GroupSpec:
         if self.seq_len >= 2:
             names += ["distinct_2"]
         return names + ["unique_seq", "accept_rate", "admitted", "real_tokens", "train_tokens"]
+
+    def truncation(self, cell):
+        """(top_k, top_p) for a cell's sampling filter: its values, or
+        (None, None) in a group where no cell truncates, so the program
+        leaves the ranking out (`sampling.filter_probs`)."""
+        return (cell.top_k, cell.top_p) if self.truncates else (None, None)
 
     @property
     def sample_rows(self) -> int:

@@ -134,7 +134,7 @@ class Ngram(Family):
         return out
 
     def sample(self, spec, model, key, n, cell, weight_n=None):
-        cdf = ngram.cdf_table(model.probs, cell.temperature, cell.top_k, cell.top_p)
+        cdf = ngram.cdf_table(model.probs, cell.temperature, *spec.truncation(cell))
         out = ngram.sample(key, cdf, spec.model.order, spec.vocab_size, n, spec.seq_len, weight_n)
         return out if weight_n is not None else (out, None)
 

@@ -225,7 +225,7 @@ class Transformer(Family):
         return out
 
     def sample(self, spec, p, key, n, cell, weight_n=None):
-        return transformer.sample(spec.model.arch, p, key, n, cell.temperature, cell.top_k, cell.top_p), None
+        return transformer.sample(spec.model.arch, p, key, n, cell.temperature, *spec.truncation(cell)), None
 
     def score(self, spec, p, tokens_NxL):
         """In passes of `heldout_chunk` rows, so scoring many candidates needs

@@ -55,6 +55,19 @@ def test_filter_is_bit_identical_whichever_way_rows_are_ranked(rng, monkeypatch,
         np.testing.assert_array_equal(by_pairs.view(np.uint32), by_sort.view(np.uint32))
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_no_truncation_known_statically_is_bit_identical(rng, temperature):
+    """top_k = top_p = None (no cell of a group truncates: the ranking is not
+    compiled) gives the bits of top_k = 0, top_p = 1, the ranking compiled."""
+    rows = jnp.asarray(np.stack([random_probs(rng, 64) for _ in range(96)]), jnp.float32)
+    rows = rows.at[:8].set(jnp.round(rows[:8] * 8) / 8)  # ties
+    off = jax.jit(jax.vmap(lambda p: sampling.filter_probs(p, temperature, None, None)))(rows)
+    ranked = jax.jit(jax.vmap(lambda p, k, q: sampling.filter_probs(p, temperature, k, q)))(
+        rows, jnp.zeros(96, jnp.int32), jnp.ones(96, jnp.float32)
+    )
+    np.testing.assert_array_equal(np.asarray(off).view(np.uint32), np.asarray(ranked).view(np.uint32))
+
+
 def test_top_k_keeps_exactly_the_k_most_probable(rng):
     for k in range(1, 8):
         p = rng.permutation(np.arange(1, 9, dtype=np.float64))
