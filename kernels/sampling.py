@@ -54,7 +54,6 @@ def filter_probs(probs_V, temperature, top_k, top_p):
     w_V = jnp.where(temperature > 0, tempered_V, greedy_V)
     if top_k is None and top_p is None:
         return w_V / total(w_V)
-    top_k, top_p = (0 if top_k is None else top_k), (1.0 if top_p is None else top_p)
 
     order_V, rank_V = descending_order(w_V)
     w_V = jnp.where((top_k <= 0) | (rank_V < top_k), w_V, 0.0)
