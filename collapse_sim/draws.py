@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from collapse_sim.kernels import rng
+
 WINDOW = 4  # distinct_rows ranks at most WINDOW * m slots
 CHUNK = 64  # redrawn positions compared against all m at once (new_repeats)
 
@@ -28,7 +30,7 @@ def top_rows(key, n_valid, size, take):
     to float32 (positive floats order like their bit patterns), so the
     selection is XLA's fast float top_k with 2**30 distinct scores; slot j's
     score depends only on (key, j)."""
-    bits = (jax.random.bits(key, (size,), jnp.uint32) >> 2) + jnp.uint32(0x00800000)
+    bits = (rng.bits32(key, (size,)) >> 2) + jnp.uint32(0x00800000)
     score = jax.lax.bitcast_convert_type(bits, jnp.float32)
     score = jnp.where(jnp.arange(size) < n_valid, score, -1.0)
     return jax.lax.top_k(score, take)[1]

@@ -10,9 +10,9 @@ of positive probability always has a width of at least 1.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
+from . import rng
 from .reduce import next_pow2, prefix_sum, total
 
 CDF_BITS = 31
@@ -131,8 +131,9 @@ def search_cdf(cdf_flat, base_N, r_N, width):
 
 
 def draw_bits(key, n):
-    """31 uniform random bits per draw, uint32 [n]; element j depends only on (key, j)."""
-    return jax.random.bits(key, (n,), jnp.uint32) >> (32 - CDF_BITS)
+    """31 uniform random bits per draw, uint32 [n]; element j depends only on
+    (key, j): the top bits of `jax.random.bits(key, (n,), uint32)` (kernels/rng.py)."""
+    return rng.bits32(key, (n,)) >> (32 - CDF_BITS)
 
 
 def cdf_width(vocab_size):

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from . import metrics, sampling
+from . import metrics, rng, sampling
 
 
 @dataclass(frozen=True)
@@ -359,7 +359,7 @@ def sample(arch: Arch, params, key, n: int, temperature, top_k, top_p):
         prev_N, caches = carry
         logits_NxV, caches = decode_step(arch, params, prev_N, pos, caches)
         cdf_NxW = jax.vmap(cdf)(logits_NxV)
-        r_N = sampling.draw_bits(jax.random.fold_in(key, pos), n)
+        r_N = sampling.draw_bits(rng.fold_in(key, pos), n)
         tok_N = sampling.search_cdf(cdf_NxW.reshape(-1), jnp.arange(n, dtype=jnp.int32) * width, r_N, width)
         return (tok_N, caches), tok_N
 

@@ -167,3 +167,27 @@ def transformer_logits(params, tokens_BxL, V, heads, tie):
         h = _layer_norm(x, P["ln_f"])
         out[b] = (h @ emb.T)[:, :V] if tie else _dense(h, P["head"])
     return out
+
+
+def threefry2x32(key, x):
+    """Threefry-2x32, 20 rounds (Salmon et al., "Parallel random numbers: as
+    easy as 1, 2, 3", 2011): key (k0, k1) and counters (x0, x1) of uint32,
+    one round at a time as the paper writes it."""
+    m = 0xFFFFFFFF
+    rot = [13, 15, 26, 6, 17, 29, 16, 24]
+    ks = [int(key[0]), int(key[1]), int(key[0]) ^ int(key[1]) ^ 0x1BD11BDA]
+    out0, out1 = [], []
+    for a, b in zip(np.ravel(x[0]), np.ravel(x[1])):
+        a, b = (int(a) + ks[0]) & m, (int(b) + ks[1]) & m
+        for rnd in range(20):
+            r = rot[rnd % 8]
+            a = (a + b) & m
+            b = (((b << r) | (b >> (32 - r))) & m) ^ a
+            if rnd % 4 == 3:  # key injection s = rnd // 4 + 1
+                s = rnd // 4 + 1
+                a = (a + ks[s % 3]) & m
+                b = (b + ks[(s + 1) % 3] + s) & m
+        out0.append(a)
+        out1.append(b)
+    shape = np.shape(x[0])
+    return np.array(out0, np.uint32).reshape(shape), np.array(out1, np.uint32).reshape(shape)
