@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from collapse_sim import corpus, filters
 from collapse_sim.compiled import Program
-from collapse_sim.families.base import GroupSpec
+from collapse_sim.families.base import Counted, GroupSpec
 from collapse_sim.kernels import metrics
 from collapse_sim.keys import SAMPLE, CellParams
 
@@ -51,16 +51,19 @@ def _count_fn(spec: GroupSpec):
     return (lambda tokens, weight: spec.family.count(spec, tokens, weight)) if spec.corpus.counting else None
 
 
-def sample_metrics(spec: GroupSpec, sample_NxL, k, bigram_counts=None) -> dict:
-    """distinct_2 and unique_seq of S_g's first k rows; distinct_2 reads the
-    sample's bigram counts when sampling already made them."""
+def sample_metrics(spec: GroupSpec, sample_NxL, k, counted: Counted | None = None) -> dict:
+    """distinct_2 and unique_seq of S_g's first k rows; they read the
+    sample's bigram counts and sequence hashes when sampling already made
+    them (then, under a corpus kept as counts, nothing reads the tokens and
+    XLA never writes them out)."""
     out = {}
+    bigrams = spec.family.bigram_counts(spec, counted)
     if spec.seq_len >= 2:
-        if bigram_counts is not None:
-            out["distinct_2"] = metrics.distinct_2_from_counts(bigram_counts, k, spec.seq_len)
+        if bigrams is not None:
+            out["distinct_2"] = metrics.distinct_2_from_counts(bigrams, k, spec.seq_len)
         else:
             out["distinct_2"] = metrics.distinct_2(sample_NxL, k, spec.vocab_size)
-    out["unique_seq"] = metrics.unique_sequences(sample_NxL, k)
+    out["unique_seq"] = metrics.unique_sequences(sample_NxL, k, counted.hashes if counted is not None else None)
     return out
 
 
@@ -75,17 +78,18 @@ def _generation(spec: GroupSpec, world: World, cell: CellParams, state, key, tse
         candidates, _ = fam.sample(spec, model, jax.random.fold_in(key, SAMPLE), rows, cell, None)
         sample, admitted, accept = filters.admit(spec, world, cell, state, model, key, candidates)
         weight = (jnp.arange(cs.gen_capacity) < admitted).astype(jnp.int32)
-        counted = fam.count(spec, sample, weight) if cs.as_counts else None
+        counts = fam.count(spec, sample, weight) if cs.as_counts else None
         out.update(sample_metrics(spec, sample, admitted))
     else:
         # where the corpus lives as counts, S_g is counted while it is sampled
         weight = (jnp.arange(cs.gen_capacity) < cell.k).astype(jnp.int32) if cs.as_counts else None
         sample, counted = fam.sample(spec, model, jax.random.fold_in(key, SAMPLE), cs.gen_capacity, cell, weight)
+        counts = counted.counts if counted is not None else None
         admitted, accept = cell.k, jnp.float32(1.0)
-        out.update(sample_metrics(spec, sample, cell.k, fam.bigram_counts(spec, counted)))
+        out.update(sample_metrics(spec, sample, cell.k, counted))
     out["real_tokens"], out["train_tokens"] = tset.real_tokens, tset.train_tokens
     out["accept_rate"], out["admitted"] = accept, admitted
-    state = corpus.admit(cs, state, sample, admitted, counted)
+    state = corpus.admit(cs, state, sample, admitted, counts)
     return state._replace(model=fam.carry(spec, model)), out
 
 

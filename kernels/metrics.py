@@ -108,31 +108,37 @@ def _fmix32(h):
     return h ^ (h >> 16)
 
 
-def sequence_hashes(tokens_NxL):
-    """Two independent 32-bit hashes of every row, uint32 [N] each."""
-    N = tokens_NxL.shape[0]
+def hash_start(n):
+    """The two running hashes of n empty sequences, uint32 [n] each."""
+    return jnp.full(n, 0x811C9DC5, jnp.uint32), jnp.full(n, 0x01000193, jnp.uint32)
 
-    def step(carry, col_N):
-        h1, h2 = carry
-        t = col_N.astype(jnp.uint32)
-        h1 = _fmix32(h1 ^ (t * jnp.uint32(0x9E3779B1) + jnp.uint32(0x7F4A7C15)))
-        h2 = _fmix32(h2 + (t ^ jnp.uint32(0x27D4EB2F)) * jnp.uint32(0x165667B1))
-        return (h1, h2), None
 
-    init = (jnp.full(N, 0x811C9DC5, jnp.uint32), jnp.full(N, 0x01000193, jnp.uint32))
-    (h1, h2), _ = lax.scan(step, init, tokens_NxL.T)
+def hash_step(hashes, tok_N):
+    """The running hashes after one more token of every sequence (int32 [N])."""
+    h1, h2 = hashes
+    t = tok_N.astype(jnp.uint32)
+    h1 = _fmix32(h1 ^ (t * jnp.uint32(0x9E3779B1) + jnp.uint32(0x7F4A7C15)))
+    h2 = _fmix32(h2 + (t ^ jnp.uint32(0x27D4EB2F)) * jnp.uint32(0x165667B1))
     return h1, h2
 
 
-def unique_sequences(tokens_NxL, n_valid):
+def sequence_hashes(tokens_NxL):
+    """Two independent 32-bit hashes of every row, uint32 [N] each; a sampler
+    that runs `hash_step` on each position's tokens gets the same hashes."""
+    hashes, _ = lax.scan(lambda h, col_N: (hash_step(h, col_N), None), hash_start(tokens_NxL.shape[0]), tokens_NxL.T)
+    return hashes
+
+
+def unique_sequences(tokens_NxL, n_valid, hashes=None):
     """Distinct sequences among the first n_valid rows, over n_valid.
 
     Rows are compared by a 64-bit hash (two mixed 32-bit lanes) and sorted:
     two different rows are counted as one with probability about N**2 / 2**65
-    (below 1e-12 for N = 4096).
+    (below 1e-12 for N = 4096). `hashes`: the rows' `sequence_hashes`, if
+    already made (then tokens_NxL is not read).
     """
-    N = tokens_NxL.shape[0]
-    h1, h2 = sequence_hashes(tokens_NxL)
+    h1, h2 = sequence_hashes(tokens_NxL) if hashes is None else hashes
+    N = h1.shape[0]
     invalid = (jnp.arange(N) >= n_valid).astype(jnp.uint32)
     inv, s1, s2 = lax.sort([invalid, h1, h2], num_keys=3)
     differs = (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from . import sampling
+from . import metrics, rng, sampling
 
 
 def num_contexts(order, vocab_size):
@@ -102,7 +102,9 @@ def sample(key, cdf_CxW, order, vocab_size, n, seq_len, weight_n=None):
     weight_n: optional int32 [n]; if given, also returns the (context, token)
     counts of the sample with these sequence weights, int32 [C, V], equal to
     fit_counts(tokens, weight_n, ...) but counted while sampling, with the
-    table in cache instead of a second pass over the tokens.
+    table in cache instead of a second pass over the tokens, and the
+    sequences' `metrics.sequence_hashes`, hashed as they are drawn: a caller
+    that needs only those never has the [n, seq_len] tokens written out.
     """
     C, width = cdf_CxW.shape
     flat = cdf_CxW.reshape(-1)
@@ -110,16 +112,18 @@ def sample(key, cdf_CxW, order, vocab_size, n, seq_len, weight_n=None):
     counting = weight_n is not None
 
     def step(carry, pos):
-        ctx_N, counts = carry
-        r_N = sampling.draw_bits(jax.random.fold_in(key, pos), n)
+        ctx_N, counts, hashes = carry
+        r_N = sampling.draw_bits(rng.fold_in(key, pos), n)
         tok_N = sampling.search_cdf(flat, ctx_N * width, r_N, width)
         if counting:
             counts = counts.at[ctx_N * vocab_size + tok_N].add(weight_n)
-        return ((ctx_N * radix + tok_N) % C, counts), tok_N
+            hashes = metrics.hash_step(hashes, tok_N)
+        return ((ctx_N * radix + tok_N) % C, counts, hashes), tok_N
 
     ctx0_N = jnp.full((n,), C - 1, jnp.int32)
     counts0 = jnp.zeros(C * vocab_size if counting else 0, jnp.int32)
-    (_, counts), tokens_LxN = jax.lax.scan(step, (ctx0_N, counts0), jnp.arange(seq_len))
+    hashes0 = metrics.hash_start(n if counting else 0)
+    (_, counts, hashes), tokens_LxN = jax.lax.scan(step, (ctx0_N, counts0, hashes0), jnp.arange(seq_len))
     if counting:
-        return tokens_LxN.T, counts.reshape(C, vocab_size)
+        return tokens_LxN.T, counts.reshape(C, vocab_size), hashes
     return tokens_LxN.T

@@ -16,7 +16,7 @@ policies its corpus is kept as counts; any other family is handed T_g as rows
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,6 +24,15 @@ from collapse_sim.corpus import CorpusSpec
 from collapse_sim.filters import NONE as NO_FILTER
 from collapse_sim.filters import FilterSpec
 from collapse_sim.sources import Sampler
+
+
+class Counted(NamedTuple):
+    """What a counting family's sampler tallies as it draws a sample: the
+    weighted (context, token) counts, int32 [C, V], and the sequences'
+    `metrics.sequence_hashes`, so that neither needs the tokens again."""
+
+    counts: Any
+    hashes: tuple
 
 
 @dataclass(frozen=True)
@@ -160,7 +169,8 @@ class Family:
         raise NotImplementedError
 
     def sample(self, spec: GroupSpec, model, key, n: int, cell, weight_n=None):
-        """n sequences, int32 [n, L], and, given weights, their counts (else None)."""
+        """n sequences, int32 [n, L], and, given weights (counting families),
+        a `Counted` of them (else None)."""
         raise NotImplementedError
 
     def bigram_counts(self, spec: GroupSpec, counted):

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from collapse_sim.config import ConfigError
-from collapse_sim.families.base import Family, GroupSpec
+from collapse_sim.families.base import Counted, Family, GroupSpec
 from collapse_sim.kernels import metrics, ngram, sampling
 from collapse_sim.kernels.reduce import tree_sum
 from collapse_sim.sources import bos_rows
@@ -136,10 +136,13 @@ class Ngram(Family):
     def sample(self, spec, model, key, n, cell, weight_n=None):
         cdf = ngram.cdf_table(model.probs, cell.temperature, *spec.truncation(cell))
         out = ngram.sample(key, cdf, spec.model.order, spec.vocab_size, n, spec.seq_len, weight_n)
-        return out if weight_n is not None else (out, None)
+        if weight_n is None:
+            return out, None
+        tokens, counts, hashes = out
+        return tokens, Counted(counts, hashes)
 
     def bigram_counts(self, spec, counted):
-        return counted if spec.model.order == 2 else None
+        return counted.counts if counted is not None and spec.model.order == 2 else None
 
     def score(self, spec, model, tokens_NxL):
         return tree_sum(ngram.log_probs(tokens_NxL, model.probs, spec.model.order), axis=-1)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from collapse_sim.kernels import ngram
+from collapse_sim.kernels import metrics, ngram
 from tests import reference as ref
 
 
@@ -110,6 +110,10 @@ def test_counting_while_sampling_equals_fitting_the_sample(rng):
     probs = rng.dirichlet(np.ones(V), size=ngram.num_contexts(order, V))
     cdf = ngram.cdf_table(jnp.asarray(probs, jnp.float32), 1.0, 0, 1.0)
     w = jnp.asarray((np.arange(40) < 23).astype(np.int32))
-    toks, counts = ngram.sample(jax.random.key(5), cdf, order, V, 40, 9, w)
+    toks, counts, (h1, h2) = ngram.sample(jax.random.key(5), cdf, order, V, 40, 9, w)
     np.testing.assert_array_equal(toks, ngram.sample(jax.random.key(5), cdf, order, V, 40, 9))
     np.testing.assert_array_equal(counts, ref.counts(np.asarray(toks), np.asarray(w), order, V))
+    # the hashes made while drawing are the sample's own
+    want1, want2 = metrics.sequence_hashes(toks)
+    np.testing.assert_array_equal(h1, want1)
+    np.testing.assert_array_equal(h2, want2)
