@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from . import metrics, rng, sampling
+from . import metrics, sampling
 
 
 def num_contexts(order, vocab_size):
@@ -106,24 +106,23 @@ def sample(key, cdf_CxW, order, vocab_size, n, seq_len, weight_n=None):
     sequences' `metrics.sequence_hashes`, hashed as they are drawn: a caller
     that needs only those never has the [n, seq_len] tokens written out.
     """
-    C, width = cdf_CxW.shape
-    flat = cdf_CxW.reshape(-1)
+    C = cdf_CxW.shape[0]
     radix = vocab_size + 1
     counting = weight_n is not None
 
     def step(carry, pos):
-        ctx_N, counts, hashes = carry
-        r_N = sampling.draw_bits(rng.fold_in(key, pos), n)
-        tok_N = sampling.search_cdf(flat, ctx_N * width, r_N, width)
+        ctx_N, counts, hashes, r_N = carry
+        tok_N = sampling.search_cdf(cdf_CxW, ctx_N, r_N)
         if counting:
             counts = counts.at[ctx_N * vocab_size + tok_N].add(weight_n)
             hashes = metrics.hash_step(hashes, tok_N)
-        return ((ctx_N * radix + tok_N) % C, counts, hashes), tok_N
+        return ((ctx_N * radix + tok_N) % C, counts, hashes, sampling.position_bits(key, pos + 1, n)), tok_N
 
     ctx0_N = jnp.full((n,), C - 1, jnp.int32)
     counts0 = jnp.zeros(C * vocab_size if counting else 0, jnp.int32)
     hashes0 = metrics.hash_start(n if counting else 0)
-    (_, counts, hashes), tokens_LxN = jax.lax.scan(step, (ctx0_N, counts0, hashes0), jnp.arange(seq_len))
+    start = (ctx0_N, counts0, hashes0, sampling.position_bits(key, 0, n))
+    (_, counts, hashes, _), tokens_LxN = jax.lax.scan(step, start, jnp.arange(seq_len))
     if counting:
         return tokens_LxN.T, counts.reshape(C, vocab_size), hashes
     return tokens_LxN.T

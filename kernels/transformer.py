@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from . import metrics, rng, sampling
+from . import metrics, sampling
 
 
 @dataclass(frozen=True)
@@ -356,14 +356,13 @@ def sample(arch: Arch, params, key, n: int, temperature, top_k, top_p):
         return sampling.cdf_row(sampling.filter_probs(probs, temperature, top_k, top_p), width)
 
     def step(carry, pos):
-        prev_N, caches = carry
+        prev_N, caches, r_N = carry
         logits_NxV, caches = decode_step(arch, params, prev_N, pos, caches)
         cdf_NxW = jax.vmap(cdf)(logits_NxV)
-        r_N = sampling.draw_bits(rng.fold_in(key, pos), n)
-        tok_N = sampling.search_cdf(cdf_NxW.reshape(-1), jnp.arange(n, dtype=jnp.int32) * width, r_N, width)
-        return (tok_N, caches), tok_N
+        tok_N = sampling.search_cdf(cdf_NxW, None, r_N)
+        return (tok_N, caches, sampling.position_bits(key, pos + 1, n)), tok_N
 
-    start = (jnp.full((n,), V, jnp.int32), init_caches(arch, n))
+    start = (jnp.full((n,), V, jnp.int32), init_caches(arch, n), sampling.position_bits(key, 0, n))
     _, tokens_LxN = jax.lax.scan(step, start, jnp.arange(arch.seq_len))
     return tokens_LxN.T
 

@@ -103,7 +103,28 @@ def draw(p, n, seed=0):
     width = sampling.cdf_width(len(p))
     cdf = sampling.cdf_row(jnp.asarray(p, jnp.float32), width)
     r = sampling.draw_bits(jax.random.key(seed), n)
-    return np.asarray(sampling.search_cdf(cdf, jnp.zeros(n, jnp.int32), r, width))
+    return np.asarray(sampling.search_cdf(cdf[None], jnp.zeros(n, jnp.int32), r))
+
+
+@pytest.mark.parametrize("W", [1, 2, 4, 8, 16, 32, 64, 128, 256])
+def test_search_counts_entries_at_most_r(rng, W):
+    """Against numpy's searchsorted (the number of entries <= r), on random
+    rows (zero widths included), r at every entry, one below it and at the
+    ends, rows chosen per draw or draw i on row i."""
+    rows = []
+    for _ in range(5):
+        V = int(rng.integers(1, W + 1))
+        p = random_probs(rng, V, zeros=min(2, V - 1)) if V > 1 else np.ones(1)
+        rows.append(np.asarray(sampling.cdf_row(jnp.asarray(p, jnp.float32), W)))
+    cdf = np.stack(rows)
+    edges = np.concatenate([cdf.ravel(), cdf.ravel() - 1, [0, sampling.CDF_TOTAL - 1]])
+    r = np.concatenate([edges[edges < sampling.CDF_TOTAL], rng.integers(0, sampling.CDF_TOTAL, 500)]).astype(np.uint32)
+    row = rng.integers(0, len(rows), len(r)).astype(np.int32)
+    want = np.array([np.searchsorted(cdf[i], x, side="right") for i, x in zip(row, r)])
+    got = sampling.search_cdf(jnp.asarray(cdf), jnp.asarray(row), jnp.asarray(r))
+    np.testing.assert_array_equal(np.asarray(got), want)
+    own = sampling.search_cdf(jnp.asarray(cdf[row]), None, jnp.asarray(r))
+    np.testing.assert_array_equal(np.asarray(own), want)
 
 
 def test_inverse_cdf_frequencies_chi_square(rng):
