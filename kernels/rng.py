@@ -45,7 +45,8 @@ def threefry2x32(k0, k1, x0, x1):
 def _threefry_words(key):
     """The key's two uint32 words, or None when `key` is not a typed threefry
     key under JAX's default (partitionable) bits."""
-    if not jax.config.jax_threefry_partitionable:
+    # the flag's default is True; a JAX without it has only partitionable bits
+    if not getattr(jax.config, "jax_threefry_partitionable", True):
         return None
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape != ():
         return None
