@@ -3,8 +3,8 @@
 
 Why. On CPU, JAX lowers its threefry primitive as a rolled loop (five
 iterations of four rounds) to keep compile times short; XLA then copies the
-whole state between iterations, and the draws of the n-gram sampler spent
-about 12 ns a word, a quarter of a bigram generation (benchmarks/RESULTS.md).
+whole state between iterations: 12 ns a word on one CPU core, and about a
+quarter of the op time of a bigram generation (benchmarks/RESULTS.md).
 The same hash written out in twenty rounds of plain array operations fuses
 into one pass over the counters. The numbers are the same, bit for bit:
 this module reproduces JAX's default ("partitionable") threefry bits for
