@@ -133,7 +133,7 @@ MATRIX = {
 }
 
 
-def _importable(code: Path, where: Path) -> Path:
+def importable(code: Path, where: Path) -> Path:
     """A directory whose collapse_sim is `code`'s, with `code`'s kernels/ as
     collapse_sim.kernels, as an install lays them out. PYTHONPATH=code alone
     would find code's collapse_sim but take collapse_sim.kernels from this
@@ -167,7 +167,7 @@ def run(out: Path, code: Path, only: list[str]) -> int:
     jobs = [(p.stem, p, []) for p in sorted((ROOT / "configs").glob("*.yaml"))]
     defaults = ROOT / "configs" / "quickstart.yaml"  # the matrix overrides what it needs of it
     jobs += [(name, defaults, ["sweep={}", "name=" + name] + sets) for name, sets in MATRIX.items()]
-    site = _importable(code, out)
+    site = importable(code, out)
     records = []
     for name, config, sets in jobs:
         if only and name not in only:

@@ -3,6 +3,7 @@
     python benchmarks/ngram_throughput.py            # the setting
     python benchmarks/ngram_throughput.py --quick    # a small smoke version
     python benchmarks/ngram_throughput.py --whole-process [--sequences 1024]   # whole processes (benchmarks/whole.py)
+    python benchmarks/ngram_throughput.py --whole-process --code /tmp/base      # the same, timing another checkout
 
 Setting: bigram models, V = 64 (an order-1 markov source), N = 4096 sequences
 of L = 64 tokens per cell per generation, `replace` policy, 256 cells.
@@ -108,13 +109,15 @@ def whole_process(a) -> None:
             for i, n in enumerate(share)
         ]  # fmt: skip
 
-    res = alternate(config, peer, a.repeats)
+    res = alternate(config, peer, a.repeats, a.code)
     e, p, out = res["engine_median_s"], res["peer_median_s"], res["outside_median_s"]
     print(f"\nwhole processes: {C} cells, bigram V={V}, N={N}, L={L}, {G} generations, {cores} cores")
     print(f"collapse-sim run (one process, every core): {e:.1f} s   numpy peer ({cores} processes): {p:.1f} s")
     print(f"engine / numpy peer: {res['speedup']:.2f}x median of {a.repeats} paired repeats (target >= 2.5x)")
     print(f"collapse-sim outside its generation loop: {out:.2f} s median (target <= 3 s)")
-    if not a.no_record:
+    if a.code is not None:
+        print(f"(collapse-sim of {a.code}; not recorded)")
+    elif not a.no_record:
         res.update(
             date=date.today().isoformat(),
             machine=f"{platform.machine()}, {cores} cores",
@@ -151,6 +154,12 @@ def main():
         help="time `collapse-sim run` against the numpy peer script (one process per core) as whole processes",
     )
     ap.add_argument("--generations", type=int, default=10, help="generations of the whole-process sweep")
+    ap.add_argument(
+        "--code",
+        type=Path,
+        help="time the collapse-sim of another checkout (a git worktree of an older commit),"
+        " imported from a copy laid out as installed; not recorded",
+    )
     a = ap.parse_args()
     if a.whole_process:
         return whole_process(a)

@@ -5,6 +5,7 @@ side by side in one run.
     python benchmarks/transformer_throughput.py --quick            # a small smoke version
     python benchmarks/transformer_throughput.py --cells 1024 --dtype bfloat16   # on a GPU (benchmarks/gpu.sh)
     python benchmarks/transformer_throughput.py --whole-process --batches 32   # whole processes (benchmarks/whole.py)
+    python benchmarks/transformer_throughput.py --whole-process --code /tmp/base   # timing another checkout
 
 Setting (the defaults): an order-1 markov source over V = 16 tokens, L = 32,
 N0 = 1024 real sequences, 256 held-out and k = 256 generated sequences per
@@ -212,11 +213,14 @@ def whole_process(a) -> None:
         "--sample", str(a.sample), "--vocab", str(a.vocab), "--seq-len", str(a.seq_len), "--d-model", str(a.d_model),
         "--layers", str(a.layers), "--heads", str(a.heads), "--mlp-ratio", str(a.mlp_ratio), "--dtype", a.dtype,
     ]  # fmt: skip
-    res = alternate(config, lambda tmp, r: [[a.torch_python, *peer_args]], a.repeats)
+    res = alternate(config, lambda tmp, r: [[a.torch_python, *peer_args]], a.repeats, a.code)
     e, p, out = res["engine_median_s"], res["peer_median_s"], res["outside_median_s"]
     print(f"\nwhole processes: {a.cells} transformers, d_model {a.d_model}, batch {batch}, {S} steps, one generation")
     print(f"collapse-sim run: {e:.1f} s (outside its loop {out:.2f} s)   PyTorch per-model loop: {p:.1f} s")
     print(f"engine / PyTorch: {res['speedup']:.2f}x median of {a.repeats} paired repeats (target >= 3x)")
+    if a.code is not None:
+        print(f"(collapse-sim of {a.code}; not recorded)")
+        return
     dev = jax.devices()[0]
     res.update(
         date=date.today().isoformat(),
@@ -292,6 +296,12 @@ def main():
         help="time `collapse-sim run` against the PyTorch per-model loop as whole processes",
     )
     p.add_argument("--whole-steps", type=int, default=300, help="training steps of the whole-process comparison")
+    p.add_argument(
+        "--code",
+        type=Path,
+        help="time the collapse-sim of another checkout (a git worktree of an older commit),"
+        " imported from a copy laid out as installed; not recorded",
+    )
     a = p.parse_args()
     if a.quick:
         a.cells, a.steps, a.repeats, a.torch_cells, a.real, a.heldout, a.sample, a.batches = (

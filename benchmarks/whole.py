@@ -6,6 +6,7 @@ or loading programs, writing files all included). Shared by the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -14,12 +15,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from compare_runs import importable
 
 
-def alternate(config: str, peer: Callable[[Path, int], list[list[str]]], repeats: int) -> dict:
+def alternate(
+    config: str, peer: Callable[[Path, int], list[list[str]]], repeats: int, code: Path | None = None
+) -> dict:
     """Time `collapse-sim run CONFIG --quiet` and the peer's processes (run
     together, e.g. one per core) in turn, `repeats` times, after one run that
     warms the caches. peer(tmp, r) gives the peer's command lines.
+
+    The engine runs from a scratch directory, so the working directory never
+    shadows the installed package; with `code` (another checkout, e.g. a git
+    worktree of an older commit) it imports that checkout's collapse_sim and
+    kernels, copied as installed (`compare_runs.importable`).
 
     Returns the wall times, the paired ratios peer / engine, and from each
     engine run's run.json the seconds spent in its generations, so that
@@ -30,10 +39,15 @@ def alternate(config: str, peer: Callable[[Path, int], list[list[str]]], repeats
         cfg = Path(tmp) / "whole.yaml"
         cfg.write_text(config)
         cli = [sys.executable, "-m", "collapse_sim.cli", "run", str(cfg), "--quiet"]
-        subprocess.run([*cli, "--out", f"{tmp}/warm"], check=True, capture_output=True)
+        env = dict(os.environ)
+        if code is not None:
+            site = str(importable(code, Path(tmp)))
+            env["PYTHONPATH"] = os.pathsep.join([site, *filter(None, [env.get("PYTHONPATH")])])
+        run = dict(check=True, capture_output=True, cwd=tmp, env=env)
+        subprocess.run([*cli, "--out", f"{tmp}/warm"], **run)
         for r in range(repeats):
             t = time.perf_counter()
-            subprocess.run([*cli, "--out", f"{tmp}/run{r}"], check=True, capture_output=True)
+            subprocess.run([*cli, "--out", f"{tmp}/run{r}"], **run)
             engine.append(time.perf_counter() - t)
             timing = json.loads((Path(tmp) / f"run{r}" / "run.json").read_text()).get("timings", {})
             timings.append(timing)
