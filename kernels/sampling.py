@@ -146,9 +146,10 @@ def position_bits(key, pos, n):
     """The draws of position `pos` of an ancestral sampler, `draw_bits(fold_in(key, pos), n)`.
 
     Samplers make position t + 1's draws in the scan step of position t and
-    carry them: used in the step that makes them, XLA fuses the hash into
-    each of the search's gathers and computes it log2(width) + 1 times
-    (benchmarks/RESULTS.md); a loop-carried array is written out once."""
+    carry them (the last step's are not used): drawn in the step that used
+    them, XLA fused the hash into every consumer (the search's gathers, the
+    counting scatter) and computed it up to 7 times (benchmarks/RESULTS.md);
+    a loop-carried array is written out once."""
     return draw_bits(rng.fold_in(key, pos), n)
 
 
