@@ -117,8 +117,17 @@ def cache_dir() -> Path | None:
 
 
 def _signature(args) -> tuple:
+    """The arguments' tree and each leaf's shape, dtype, weak type and
+    sharding. Not the aval itself: under JAX 0.11 the outputs of a loaded
+    executable carry avals unequal to a compiled one's (each unpickling makes
+    another copy of the AutoLayout singleton, compared by identity), which
+    made the step load a second time in every process."""
     leaves, tree = jax.tree.flatten(args)
-    return tree, tuple((jax.typeof(x), getattr(x, "sharding", None)) for x in leaves)
+    avals = (jax.typeof(x) for x in leaves)
+    return tree, tuple(
+        ((tuple(a.shape), str(a.dtype), bool(getattr(a, "weak_type", False))), getattr(x, "sharding", None))
+        for a, x in zip(avals, leaves)
+    )
 
 
 def _fresh(lowered):

@@ -155,7 +155,7 @@ def programs(spec: GroupSpec, devices: tuple) -> Programs:
     pass_cells = spec.family.pass_cells(spec, devices[0].platform)
 
     def batched(fn, in_specs):
-        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P("cells"), check_vma=False)
+        return _shard_map_nonempty(fn, mesh, in_specs)
 
     def init(world, params):
         return over_cells(lambda w, _, p: cell_init(spec, w, p), pass_cells)(world, None, params)
@@ -179,6 +179,41 @@ def programs(spec: GroupSpec, devices: tuple) -> Programs:
             devices,
         ),
     )
+
+
+def _shard_map_nonempty(fn, mesh: Mesh, in_specs: tuple):
+    """fn over the cells axis with shard_map (outputs along it), its
+    zero-size array arguments (the buffers a corpus policy does not use)
+    kept out of the shard_map: each device's body makes its own, of the
+    local shape. jaxlib 0.11.2 crashes (a segmentation fault in Shardy's
+    canonicaliser) compiling a shard_map over two or more devices that
+    takes a zero-size operand and uses it. Nothing is computed differently."""
+    n = mesh.shape["cells"]
+
+    def call(*args):
+        leaves, specs, empty = [], [], []  # non-empty leaves with their specs; (where, shape, dtype) of the empty
+        flat_args = [jax.tree.flatten(a) for a in args]
+        for i, ((arg_leaves, _), spec) in enumerate(zip(flat_args, in_specs, strict=True)):
+            for j, x in enumerate(arg_leaves):
+                if x.size == 0:
+                    shape = (x.shape[0] // n, *x.shape[1:]) if spec == P("cells") else x.shape
+                    empty.append(((i, j), shape, x.dtype))
+                else:
+                    leaves.append(x)
+                    specs.append(spec)
+
+        def body(kept):
+            rest = iter(kept)
+            made = {where: jnp.zeros(shape, dtype) for where, shape, dtype in empty}
+            local = [
+                jax.tree.unflatten(tree, [made[(i, j)] if (i, j) in made else next(rest) for j in range(len(xs))])
+                for i, (xs, tree) in enumerate(flat_args)
+            ]
+            return fn(*local)
+
+        return jax.shard_map(body, mesh=mesh, in_specs=(specs,), out_specs=P("cells"), check_vma=False)(leaves)
+
+    return call
 
 
 class GroupRunner:

@@ -250,3 +250,93 @@ def test_wright_fisher_long_horizon(n):
         expected = H * (1 - (1 - 1 / n) ** (g + 1))
         se = x.std(ddof=1) / np.sqrt(len(x))
         assert abs(x.mean() - expected) < 4 * se, (g, x.mean(), expected, se)
+
+
+def test_zero_size_arguments_stay_out_of_the_shard_map():
+    """The engine's shard_map passes each device's body zeros of the local
+    shape for a zero-size argument (a policy's unused corpus buffer) instead
+    of the array: jaxlib 0.11.2 crashes compiling a shard_map over two or
+    more devices that uses a zero-size operand. The body sees the shapes and
+    values a plain shard_map would give it."""
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    from collapse_sim.engine import _shard_map_nonempty
+
+    devices = jax.local_devices()
+    assert len(devices) == 2  # tests/conftest.py
+    mesh = Mesh(np.array(devices), ("cells",))
+    seen = {}
+
+    def fn(world, state):
+        seen["shapes"] = (world["empty"].shape, world["w"].shape, state[0].shape, state[1].shape)
+        return state[0] + 1, state[1] * world["w"].sum(), world["empty"].sum() + state[1][:, :1]
+
+    world = {"empty": np.zeros((0, 5), np.float32), "w": np.arange(3, dtype=np.float32)}
+    state = (np.zeros((4, 0, 3), np.uint8), np.arange(8, dtype=np.float32).reshape(4, 2))
+    out = jax.jit(_shard_map_nonempty(fn, mesh, (P(), P("cells"))))(world, state)
+    assert seen["shapes"] == ((0, 5), (3,), (2, 0, 3), (2, 2))
+    assert out[0].shape == (4, 0, 3) and out[0].dtype == np.uint8
+    np.testing.assert_array_equal(out[1], state[1] * 3.0)
+    np.testing.assert_array_equal(out[2], state[1][:, :1])
+
+
+def _shard_map_operands(jaxpr):
+    """Every operand of every shard_map in a jaxpr, nested jaxprs included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "shard_map":
+            yield from eqn.invars
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+                if hasattr(sub, "eqns"):
+                    yield from _shard_map_operands(sub)
+
+
+NGRAM_GROUPS = [
+    "source.kind=markov", "source.vocab_size=6", "source.order=1", "model.order=2",
+    "real.sequences=40", "real.seq_len=6", "real.heldout=20", "generate.sequences=20",
+    "corpus.train_sequences=20", "generations=2", "replicates=1",
+]  # fmt: skip
+NEURAL_GROUPS = [
+    "model.kind=transformer", "model.d_model=16", "model.layers=1", "model.heads=2", "model.mlp_ratio=2",
+    "model.steps=2", "model.batch_size=4",
+]  # fmt: skip
+FILTERS = "sweep.generate.filter.kind=[truth, noisy_truth, self, reference, dedup]"
+POLICIES = "sweep.corpus.policy=[replace, accumulate, accumulate_subsample, mix, fresh]"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        NGRAM_GROUPS + [POLICIES],
+        NGRAM_GROUPS + [FILTERS, "generate.filter.oversample=2"],
+        NGRAM_GROUPS + NEURAL_GROUPS + [POLICIES],
+        NGRAM_GROUPS + NEURAL_GROUPS + [FILTERS, "generate.filter.oversample=2", "corpus.policy=accumulate"],
+    ],
+    ids=["ngram-policies", "ngram-filters", "transformer-policies", "transformer-filters"],
+)
+def test_no_shard_map_takes_a_zero_size_operand(overrides):
+    """No program of any group hands its shard_map a zero-size operand, a
+    closed-over constant included (such as the index array of a scatter
+    whose slice covers the whole array): jaxlib 0.11.2 crashes compiling
+    one. Checked on the traced programs, so under any JAX version."""
+    from collapse_sim import keys
+    from collapse_sim.engine import GroupRunner, make_world
+    from collapse_sim.loop import padded
+
+    devices = jax.local_devices()
+    plan = planmod.make_plan(load(overrides), "test.yaml", devices)
+    assert len(plan.groups) >= 5
+    for group in plan.groups:
+        runner = GroupRunner(group.spec, make_world(group.spec, group.source, group.heldout), devices)
+        cells = padded(group.cells, group.chunk_size, len(devices))
+        params = keys.cell_params(cells, group.source.digest, group.spec.family.traced)
+        init, step = runner.programs.init.jitted, runner.programs.step.jitted
+        state = jax.eval_shape(init, runner.world, params)[0]
+        for name, closed in (
+            ("init", jax.make_jaxpr(init)(runner.world, params)),
+            ("step", jax.make_jaxpr(step)(runner.world, state, np.int32(1), params)),
+        ):
+            empty = [v.aval for v in _shard_map_operands(closed.jaxpr) if getattr(v.aval, "size", 1) == 0]
+            assert not empty, (group.spec.corpus.policy, group.spec.filter.kind, name, empty)

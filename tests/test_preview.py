@@ -60,10 +60,11 @@ def test_time_estimates_the_duration(tmp_path, capsys):
 
 
 def test_the_estimate_covers_what_xla_allocates_within_a_margin(tmp_path):
-    """Per cell, the planner's estimate is at least what the compiled step
-    needs (XLA's memory analysis: arguments, outputs, temporaries) and at most
-    8 times it (1.6-2.7 when measured), for an n-gram corpus kept as counts (replace) and one kept as tokens
-    (accumulate_subsample) (the transformer's:
+    """Per cell, the planner's estimate is at least what the compiled init or
+    step needs, whichever needs more (XLA's memory analysis: arguments,
+    outputs, temporaries), and at most 8 times it (2.1 and 3.8 when
+    measured), for an n-gram corpus kept as counts (replace) and one kept as
+    tokens (accumulate_subsample) (the transformer's:
     test_memory_estimate_covers_what_xla_allocates, slow)."""
     cfg = load([], write(tmp_path, TWO))
     plan = planmod.make_plan(cfg, "t", jax.local_devices())
@@ -73,7 +74,12 @@ def test_the_estimate_covers_what_xla_allocates_within_a_margin(tmp_path):
         cells = loop.padded(group.cells, group.chunk_size, runner.n_devices)
         params = runner.put(keys.cell_params(cells, group.source.digest, group.spec.family.traced))
         state, _ = runner.init(params)
-        stats = runner.programs.step.jitted.lower(runner.world, state, np.int32(1), params).compile().memory_analysis()
-        used = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+        used = max(
+            s.argument_size_in_bytes + s.output_size_in_bytes + s.temp_size_in_bytes
+            for s in (
+                runner.programs.init.jitted.lower(runner.world, params).compile().memory_analysis(),
+                runner.programs.step.jitted.lower(runner.world, state, np.int32(1), params).compile().memory_analysis(),
+            )
+        )
         ratios[group.spec.corpus.policy] = planmod.cell_bytes(group.spec) / (used / len(cells))
     assert all(1 <= r <= 8 for r in ratios.values()), ratios

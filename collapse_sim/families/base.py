@@ -123,7 +123,7 @@ class Family:
         """Raise config.ConfigError for a group it cannot run (on devices of `platform`)."""
 
     def memory_parts(self, spec: GroupSpec) -> dict[str, int]:
-        """A generous estimate of the bytes one cell needs during a step, by
+        """A generous estimate of the bytes one cell needs during generation 0 or a step (the larger), by
         the config key that drives each part (corpus buffers included)."""
         raise NotImplementedError
 

@@ -80,13 +80,17 @@ class Ngram(Family):
         item = np.dtype(cs.dtype).itemsize
         real_rows = cs.real_sequences if cs.stores_real else 0
         distinct = 4 * V * V if V * V <= (1 << 22) else 8 * cs.gen_capacity * L
+        # a corpus kept as counts is counted while S_g is drawn (unfiltered):
+        # no token buffer, only each row's context, draws and hash in the scan
+        counted = cs.as_counts and not spec.filter.active
         return {
             "model.order": 4 * (8 * C * V + 2 * C * W) + distinct,  # the table and its derivatives
             # token buffers (the state and its successor) and the selection's scores
             "generations": (item * L * 2 + 12) * cs.capacity,
+            # R drawn and counted at generation 0, and the real rows a corpus keeps
             "real.sequences": (item * L * 2 + 4 * L * 4 + 12) * real_rows + 4 * L * 4 * cs.real_sequences,
-            "generate.sequences": 4 * L * 4 * spec.sample_rows,  # the sample, its contexts, draws
-            "corpus.train_sequences": 4 * L * 4 * cs.train_sequences,
+            "generate.sequences": (4 * 8 if counted else 4 * L * 4) * spec.sample_rows,  # the sample, contexts, draws
+            "corpus.train_sequences": 0 if cs.as_counts else 4 * L * 4 * cs.train_sequences,  # T_g's tokens
         }
 
     def explain_part(self, spec, key):

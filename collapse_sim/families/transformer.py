@@ -235,7 +235,9 @@ class Transformer(Family):
         if n <= rows:
             return tree_sum(transformer.token_log_probs(arch, p, tokens_NxL), axis=-1)
         chunks = -(-n // rows)
-        padded = jnp.zeros((chunks * rows, tokens_NxL.shape[1]), tokens_NxL.dtype).at[:n].set(tokens_NxL)
+        # zero rows padded on (a pad, not a scatter into zeros: a scatter whose
+        # slice covers the whole array carries a zero-size index constant)
+        padded = jnp.pad(tokens_NxL, ((0, chunks * rows - n), (0, 0)))
         out = jax.lax.map(
             lambda t: tree_sum(transformer.token_log_probs(arch, p, t), axis=-1), padded.reshape(chunks, rows, -1)
         )
