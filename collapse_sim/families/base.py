@@ -123,8 +123,9 @@ class Family:
         """Raise config.ConfigError for a group it cannot run (on devices of `platform`)."""
 
     def memory_parts(self, spec: GroupSpec) -> dict[str, int]:
-        """A generous estimate of the bytes one cell needs during generation 0 or a step (the larger), by
-        the config key that drives each part (corpus buffers included)."""
+        """A generous estimate of the bytes one cell needs during generation 0
+        or a step, whichever needs more, by the config key that drives each
+        part (corpus buffers included)."""
         raise NotImplementedError
 
     def explain_part(self, spec: GroupSpec, key: str) -> str | None:
