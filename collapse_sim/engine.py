@@ -191,27 +191,22 @@ def _shard_map_nonempty(fn, mesh: Mesh, in_specs: tuple):
     n = mesh.shape["cells"]
 
     def call(*args):
-        leaves, specs, empty = [], [], []  # non-empty leaves with their specs; (where, shape, dtype) of the empty
-        flat_args = [jax.tree.flatten(a) for a in args]
-        for i, ((arg_leaves, _), spec) in enumerate(zip(flat_args, in_specs, strict=True)):
-            for j, x in enumerate(arg_leaves):
-                if x.size == 0:
-                    shape = (x.shape[0] // n, *x.shape[1:]) if spec == P("cells") else x.shape
-                    empty.append(((i, j), shape, x.dtype))
-                else:
-                    leaves.append(x)
-                    specs.append(spec)
+        flat, tree = jax.tree.flatten(args)
+        specs = [spec for arg, spec in zip(args, in_specs, strict=True) for _ in jax.tree.leaves(arg)]
+        kept = [x.size > 0 for x in flat]
+        local = [  # (shape, dtype) each device sees
+            ((x.shape[0] // n, *x.shape[1:]) if spec == P("cells") else x.shape, x.dtype)
+            for x, spec in zip(flat, specs)
+        ]
 
-        def body(kept):
-            rest = iter(kept)
-            made = {where: jnp.zeros(shape, dtype) for where, shape, dtype in empty}
-            local = [
-                jax.tree.unflatten(tree, [made[(i, j)] if (i, j) in made else next(rest) for j in range(len(xs))])
-                for i, (xs, tree) in enumerate(flat_args)
-            ]
-            return fn(*local)
+        def body(inputs):
+            rest = iter(inputs)
+            leaves = [next(rest) if keep else jnp.zeros(*sd) for keep, sd in zip(kept, local)]
+            return fn(*jax.tree.unflatten(tree, leaves))
 
-        return jax.shard_map(body, mesh=mesh, in_specs=(specs,), out_specs=P("cells"), check_vma=False)(leaves)
+        inputs = [x for x, keep in zip(flat, kept) if keep]
+        in_spec = [spec for spec, keep in zip(specs, kept) if keep]
+        return jax.shard_map(body, mesh=mesh, in_specs=(in_spec,), out_specs=P("cells"), check_vma=False)(inputs)
 
     return call
 
